@@ -19,11 +19,20 @@ from service.scoring.running_stats import RunningStats
 
 
 @dataclass(frozen=True)
+class ReferenceScore:
+    """A reference's score under one model version, with its response length in tokens (the
+    length penalty applies to references too). `tokens` is -1 when unknown (precomputed)."""
+
+    reward: float
+    tokens: int = -1
+
+
+@dataclass(frozen=True)
 class PromptReferences:
     """What the store knows about one prompt under one model version."""
 
     registered: tuple[str, ...] = ()  # ref ids, registration order
-    scores: Mapping[str, float] = field(default_factory=dict)  # ref id -> cached score
+    scores: Mapping[str, ReferenceScore] = field(default_factory=dict)  # by ref id
 
 
 @dataclass(frozen=True)
@@ -53,14 +62,12 @@ class ReferenceStore(Protocol):
         ...
 
     async def save_scores(
-        self, model_version: str, scores: Mapping[str, Mapping[str, float]]
+        self, model_version: str, scores: Mapping[str, Mapping[str, ReferenceScore]]
     ) -> None:
         """Cache scores: prompt_key -> {ref_id: score} under `model_version`."""
         ...
 
-    async def update_run_stats(
-        self, run_id: str, method: str, batch: RunningStats
-    ) -> RunningStats:
+    async def update_run_stats(self, run_id: str, method: str, batch: RunningStats) -> RunningStats:
         """Atomically merge `batch` into the run's statistics for `method`; returns the
         merged statistics (what the batch is normalised with)."""
         ...
