@@ -28,10 +28,13 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("default", description="Name the start-up model is served under.")
     head_index: int | None = Field(None, ge=0, description="Output column of a multi-head RM.")
-    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0'...")
+    device: str = Field(
+        "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0'..."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="'auto' = bfloat16 on CUDA, float32 on CPU (fp32 is 5-7x faster "
-        "than bf16 on CPUs without AMX)."
+        "auto",
+        description="'auto' = bfloat16 on CUDA, float32 on CPU (fp32 is 5-7x faster "
+        "than bf16 on CPUs without AMX).",
     )
     allow_pickle: bool = Field(False, description="Allow *.bin/*.pt weights (arbitrary code).")
     trust_remote_code: bool = Field(False, description="Allow a checkpoint's own model code.")
@@ -40,20 +43,25 @@ class Settings(BaseSettings):
     # --- encoding ------------------------------------------------------------------------
     max_tokens: int = Field(2048, ge=8, description="Max tokens per (prompt, response) pair.")
     truncation: Literal["left", "error"] = Field(
-        "left", description="Default policy for over-long pairs: cut the prompt from the left "
-        "(the response end, where the RM reads, survives) or reject with 422."
+        "left",
+        description="Default policy for over-long pairs: cut the prompt from the left "
+        "(the response end, where the RM reads, survives) or reject with 422.",
     )
     tokenizer_threads: int = Field(2, ge=1)
 
     # --- batching ------------------------------------------------------------------------
     token_budget: int | None = Field(
-        None, ge=16, description="Padded tokens per forward. None = per-device default "
-        "(1024 on CPU, where small batches are fastest; 65536 on CUDA)."
+        None,
+        ge=16,
+        description="Padded tokens per forward. None = per-device default "
+        "(1024 on CPU, where small batches are fastest; 65536 on CUDA).",
     )
     max_batch_size: int = Field(256, ge=1)
     batch_wait_ms: float = Field(
-        2.0, ge=0, description="How long the model thread waits for more items after the "
-        "first arrives, when the queue holds less than one budget's worth."
+        2.0,
+        ge=0,
+        description="How long the model thread waits for more items after the "
+        "first arrives, when the queue holds less than one budget's worth.",
     )
     max_queue_items: int = Field(8192, ge=1, description="Admission limit (pairs queued).")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline of a score request.")
@@ -65,8 +73,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
     # --- store ---------------------------------------------------------------------------
-    redis_url: str | None = Field(None, description="Redis for references and run stats; "
-                                  "unset = in-process store.")
+    redis_url: str | None = Field(
+        None, description="Redis for references and run stats; unset = in-process store."
+    )
     redis_prefix: str = "par"
     redis_timeout_s: float = Field(1.0, gt=0)
 

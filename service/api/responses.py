@@ -1,0 +1,19 @@
+"""The documented error responses, shared by the routers (OpenAPI)."""
+
+from typing import Any
+
+from service.schemas import ErrorBody
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Body is not JSON",
+        404: "Unknown model",
+        409: "Model version mismatch",
+        413: "Body too large",
+        422: "Invalid input (which item, which field)",
+        429: "Overloaded; retry after Retry-After",
+        503: "Not ready, or the store is unavailable; retryable",
+        504: "Deadline passed",
+    }.items()
+}
