@@ -57,3 +57,21 @@ def make_client(tokenizer: Any) -> Iterator[Any]:
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def demo_cache_dir() -> Path:
+    """Where the demo RM is built: `PAR_CACHE_DIR` if set, else the service's default, so the
+    tests reuse what `make serve` built (and the other way round)."""
+    import os
+
+    from service.config import DEFAULT_CACHE_DIR
+
+    return Path(os.environ.get("PAR_CACHE_DIR", DEFAULT_CACHE_DIR))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(demo_cache_dir: Path) -> Path:
+    from service.demo.build import ensure_demo_model
+
+    return ensure_demo_model(demo_cache_dir)

@@ -21,7 +21,9 @@ class MemoryStore:
         self._prompts: dict[str, str] = {}  # prompt_key -> canonical prompt JSON
         # prompt_key -> {ref_id: text}; dict insertion order is the registration order
         self._refs: dict[str, dict[str, str]] = {}
-        self._scores: dict[tuple[str, str], dict[str, float]] = {}  # (version, pk) -> scores
+        self._scores: dict[
+            tuple[str, str], dict[str, ReferenceScore]
+        ] = {}  # (version, pk) -> scores
         self._runs: dict[str, dict[str, RunningStats]] = {}  # run_id -> method -> stats
 
     # --- references ----------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""`make bench`: the service over HTTP against the in-process ceiling, same model, same work.
+
+For each model (the demo RM and a ~40M-parameter Llama-style RM built from a config):
+1. ceiling: a plain transformers forward in this process on pre-tokenized pairs, with the best
+   batching we know in-process (all pairs sorted by length, batches under a padded-token
+   budget; the budget is swept and the best one kept). Tokenization is not timed, so this is
+   the strictest limit.
+2. service, raw only: `python -m service` on the same model, 4 concurrent clients each sending
+   batches of 64 pairs (8 prompts x 8 responses, method vanilla), over real HTTP.
+3. service, PAR with cached references: the same after registering 2 references per prompt.
+Prints pairs/s and the ratios, and writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from bench.workload import Group, grpo_groups
+from service.config import DEFAULT_CACHE_DIR
+from service.models.encoding import PairEncoder
+from tests.e2e.service_process import ServiceProcess
+
+CLIENTS = 4
+BATCH_PROMPTS = 8  # x 8 responses = 64 pairs per request
+
+
+def models(cache_dir: Path) -> dict[str, Path]:
+    from service.demo.build import ensure_demo_model
+    from service.demo.factory import build_llama_40m
+
+    demo = ensure_demo_model(cache_dir)
+    big = cache_dir / "bench-llama-40m"
+    if not (big / "config.json").is_file():
+        build_llama_40m(big, demo)
+    return {"demo": demo, "llama-40m": big}
+
+
+# --- ceiling -------------------------------------------------------------------------------
+def encode_all(model_dir: Path, groups: list[Group]) -> list[list[int]]:
+    encoder = PairEncoder(AutoTokenizer.from_pretrained(model_dir), max_tokens=2048)
+    return [
+        encoder.encode(prompt=g.prompt, response=r).input_ids for g in groups for r in g.responses
+    ]
+
+
+def ceiling_pairs_per_s(model: Any, sequences: list[list[int]], budget: int) -> float:
+    order = sorted(sequences, key=len)
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    for seq in order:
+        if current and len(seq) * (len(current) + 1) > budget:
+            batches.append(current)
+            current = []
+        current.append(seq)
+    batches.append(current)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            longest = len(batch[-1])
+            ids = torch.zeros((len(batch), longest), dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.long)
+            for row, seq in enumerate(batch):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            model(input_ids=ids, attention_mask=mask)
+    return len(sequences) / (time.perf_counter() - start)
+
+
+def ceiling(
+    model_dir: Path, sequences: list[list[int]], budgets: list[int]
+) -> tuple[float, int, dict]:
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    ceiling_pairs_per_s(model, sequences[:32], 1024)  # warm-up
+    probe = sequences[: max(64, len(sequences) // 4)]
+    sweep = {b: ceiling_pairs_per_s(model, probe, b) for b in budgets}
+    best = max(sweep, key=lambda b: sweep[b])
+    rate = ceiling_pairs_per_s(model, sequences, best)
+    del model
+    return rate, best, sweep
+
+
+# --- service -------------------------------------------------------------------------------
+def service_pairs_per_s(url: str, groups: list[Group], shaping: dict[str, Any]) -> float:
+    requests = [
+        {
+            "items": [{"prompt": g.prompt, "responses": g.responses} for g in chunk],
+            "shaping": shaping,
+        }
+        for chunk in (groups[i : i + BATCH_PROMPTS] for i in range(0, len(groups), BATCH_PROMPTS))
+    ]
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            while True:
+                with lock:
+                    if not requests:
+                        return
+                    body = requests.pop()
+                r = http.post("/v1/score", json=body)
+                if r.status_code != 200:
+                    failures.append(r.text[:200])
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"{len(failures)} failed requests, e.g. {failures[0]}")
+    return sum(len(g.responses) for g in groups) / elapsed
+
+
+def run_service(model_dir: Path, groups: list[Group], budget: int) -> dict[str, float]:
+    proc = ServiceProcess(model=str(model_dir), env={"PAR_TOKEN_BUDGET": str(budget)}).start()
+    try:
+        warm = groups[:BATCH_PROMPTS]
+        service_pairs_per_s(proc.url, warm, {"method": "vanilla"})
+        raw = service_pairs_per_s(proc.url, groups, {"method": "vanilla"})
+        with httpx.Client(base_url=proc.url, timeout=600) as http:
+            for i in range(0, len(groups), 16):
+                items = [
+                    {"prompt": g.prompt, "references": g.references} for g in groups[i : i + 16]
+                ]
+                http.post("/v1/references", json={"items": items}).raise_for_status()
+        par = service_pairs_per_s(proc.url, groups, {"method": "par"})
+        return {"raw": raw, "par": par}
+    finally:
+        proc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    parser.add_argument("--prompts", type=int, default=0, help="prompts per model (0 = auto)")
+    parser.add_argument("--budgets", default="512,1024,2048,4096")
+    parser.add_argument("--only", default="", help="comma-separated model names")
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    args = parser.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    results = {}
+    for name, model_dir in models(args.cache_dir).items():
+        if args.only and name not in args.only.split(","):
+            continue
+        n_prompts = args.prompts or (64 if name == "demo" else 16)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        groups = grpo_groups(tokenizer, n_prompts, seed=7)
+        sequences = encode_all(model_dir, groups)
+        lengths = [len(s) for s in sequences]
+        print(
+            f"[{name}] {len(sequences)} pairs, median {statistics.median(lengths):.0f} tokens",
+            file=sys.stderr,
+        )
+        before, best, sweep = ceiling(model_dir, sequences, budgets)
+        print(
+            f"[{name}] ceiling {before:.1f} pairs/s (budget {best}); sweep {sweep}", file=sys.stderr
+        )
+        service = run_service(model_dir, groups, best)
+        after, _, _ = ceiling(model_dir, sequences, [best])
+        limit = max(before, after)  # the fairest limit: the better of the two runs
+        results[name] = {
+            "pairs": len(sequences),
+            "median_tokens": statistics.median(lengths),
+            "token_budget": best,
+            "ceiling_sweep_pairs_per_s": sweep,
+            "ceiling_pairs_per_s": limit,
+            "ceiling_runs": [before, after],
+            "service_raw_pairs_per_s": service["raw"],
+            "service_par_pairs_per_s": service["par"],
+            "service_over_ceiling": service["raw"] / limit,
+            "par_over_raw": service["par"] / service["raw"],
+        }
+        print(json.dumps({name: results[name]}, indent=2), file=sys.stderr)
+    print(
+        f"\n{'model':<10} {'ceiling':>9} {'service':>9} {'PAR':>9} {'svc/ceil':>9} {'PAR/raw':>8}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<10} {r['ceiling_pairs_per_s']:>9.1f} {r['service_raw_pairs_per_s']:>9.1f} "
+            f"{r['service_par_pairs_per_s']:>9.1f} {r['service_over_ceiling']:>9.2f} "
+            f"{r['par_over_raw']:>8.2f}"
+        )
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
