@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,6 +65,16 @@ class PairEncoder:
     def __init__(self, tokenizer: Any, *, max_tokens: int) -> None:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        # HF fast tokenizers flip shared backend state (`encode_special_tokens`, truncation)
+        # on every call, so two threads encoding at once can get each other's mode and
+        # wrong ids. The encoder keeps two private backend copies, one per mode, set once and
+        # never mutated again: the Rust `encode` is then safe from any number of threads.
+        self._lock = threading.Lock()  # only for slow (pure Python) tokenizers
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._template_backend = self._user_backend = None
+        if backend is not None:
+            self._template_backend = _private_copy(backend, encode_special_tokens=False)
+            self._user_backend = _private_copy(backend, encode_special_tokens=True)
         self.chat_template: str | None = getattr(tokenizer, "chat_template", None) or None
         # A per-encoder random nonce makes the placeholders impossible to forge from user text.
         self._nonce = secrets.token_hex(8)
@@ -127,10 +138,14 @@ class PairEncoder:
         return pieces
 
     def _plain_pieces(self, pair: PairText) -> list[tuple[int, list[int]]]:
-        if pair.messages is None:
+        messages = pair.messages
+        if messages is None:
             prompt_text = pair.prompt or ""
+        elif len(messages) == 1 and messages[0].get("role") == "user":
+            # The same prompt as plain text (the store treats them as one prompt, too).
+            prompt_text = str(messages[0]["content"])
         else:
-            prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in pair.messages)
+            prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
         return [
             (_TEMPLATE, list(self._plain_prefix)),
             (_PROMPT, self._ids(prompt_text, user_text=True)),
@@ -139,19 +154,25 @@ class PairEncoder:
             (_TEMPLATE, list(self._plain_suffix)),
         ]
 
-    def _ids(self, text: str, *, user_text: bool) -> list[int]:
+    def _ids(self, text: str, *, user_text: bool, add_special_tokens: bool = False) -> list[int]:
         if not text:
             return []
-        return list(
-            self.tokenizer(text, add_special_tokens=False, split_special_tokens=user_text).input_ids
-        )
+        backend = self._user_backend if user_text else self._template_backend
+        if backend is not None:
+            return list(backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        with self._lock:
+            return list(
+                self.tokenizer(
+                    text, add_special_tokens=add_special_tokens, split_special_tokens=user_text
+                ).input_ids
+            )
 
     def _special_tokens_around_text(self) -> tuple[list[int], list[int]]:
         """The special tokens the tokenizer itself puts before and after a text (BOS, EOS,
         CLS/SEP...), found by encoding a probe with and without them."""
         probe = "a"
         bare = self._ids(probe, user_text=False)
-        full = list(self.tokenizer(probe, add_special_tokens=True).input_ids)
+        full = self._ids(probe, user_text=False, add_special_tokens=True)
         for start in range(len(full) - len(bare) + 1):
             if full[start : start + len(bare)] == bare:
                 return full[:start], full[start + len(bare) :]
@@ -191,6 +212,16 @@ class PairEncoder:
                 param=pair.param,
             )
         return EncodedPair(_concat(pieces), True, response_tokens)
+
+
+def _private_copy(backend: Any, *, encode_special_tokens: bool) -> Any:
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    copy.encode_special_tokens = encode_special_tokens
+    return copy
 
 
 def _prompt_messages(pair: PairText) -> list[dict[str, Any]]:
