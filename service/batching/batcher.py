@@ -109,6 +109,7 @@ class MicroBatcher:
         self._pending_tokens = 0
         self._in_flight = 0  # items taken by the model thread and not yet answered
         self._stopping = False
+        self._calls: list[tuple[Callable[[], None], threading.Event]] = []
         self._thread: threading.Thread | None = None
         self._items_per_s = 0.0  # moving average, for Retry-After
 
@@ -150,6 +151,32 @@ class MicroBatcher:
         finally:
             for it in items:
                 it.future.cancel()  # no-op for the answered ones
+            abandoned = [it for it in items if it.future.cancelled()]
+            if abandoned:
+                self._drop_pending(abandoned)
+
+    def _drop_pending(self, items: list[_Item]) -> None:
+        """Take a gone request's items out of the queue now (a client left, a deadline passed),
+        so they stop counting against admission; the model thread would only skip them."""
+        gone = set(items)
+        with self._cond:
+            kept = [it for it in self._pending if it not in gone]
+            if len(kept) != len(self._pending):
+                self._pending_tokens -= sum(it.length for it in self._pending if it in gone)
+                self._pending = kept
+
+    async def run_on_model_thread(self, fn: Callable[[], None], *, timeout_s: float = 60) -> None:
+        """Run `fn` on the model thread between batches (e.g. closing a retired runner, which
+        must never happen under a forward in flight)."""
+        done = threading.Event()
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                fn()
+                return
+            self._calls.append((fn, done))
+            self._cond.notify()
+        if not await asyncio.to_thread(done.wait, timeout_s):
+            raise TimeoutError("the model thread did not run the call in time")
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
         """Finish what is queued, then end the model thread."""
@@ -169,8 +196,10 @@ class MicroBatcher:
         if self._thread_init is not None:
             self._thread_init()
         while True:
+            self._run_calls()
             taken = self._take()
             if taken is None:
+                self._run_calls()
                 return
             for batch in plan_batches(
                 taken, token_budget=self.token_budget, max_batch_size=self.max_batch_size
@@ -179,14 +208,25 @@ class MicroBatcher:
             with self._cond:
                 self._in_flight -= len(taken)
 
+    def _run_calls(self) -> None:
+        with self._cond:
+            calls, self._calls = self._calls, []
+        for fn, done in calls:
+            try:
+                fn()
+            except Exception:
+                logger.exception("model-thread call failed")
+            finally:
+                done.set()
+
     def _take(self) -> list[_Item] | None:
         """Block until work arrives; give stragglers up to max_wait_s to join when the queue
         holds less than one budget's worth; take everything queued."""
         with self._cond:
-            while not self._pending and not self._stopping:
+            while not self._pending and not self._stopping and not self._calls:
                 self._cond.wait()
             if not self._pending:
-                return None
+                return [] if self._calls and not self._stopping else None
             wait_until = self._pending[0].enqueued + self.max_wait_s
             while (
                 not self._stopping

@@ -1,8 +1,9 @@
 """The models this process serves and which one is active.
 
 Every request pins one model for its whole life (`pin`), so a reward and the reference rewards
-it is compared with always come from the same model version. The pin count is what a hot swap
-drains before it frees an old model.
+it is compared with always come from the same model version. A model replaced or unloaded is
+first taken out of the table (no new pins), then drained (its pin count reaches zero), and
+only then freed, on the model thread (see `ModelManager`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ class ServedModel:
     runner: Runner
     encoder: PairEncoder
     info: dict[str, Any] = field(default_factory=dict)
+    location: str = ""
     pins: int = 0  # requests currently using it
+    idle: threading.Event = field(default_factory=threading.Event)  # set while pins == 0
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
 
 class ModelRegistry:
@@ -35,16 +41,50 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         self._active: str | None = None
+        self.previous: tuple[str, str] | None = None  # (name, location) active before
 
-    def add(self, model: ServedModel, *, activate: bool = True) -> None:
+    def add(self, model: ServedModel, *, activate: bool = True) -> ServedModel | None:
+        """Put `model` in the table (optionally active); returns the model it replaced under
+        the same name, which the caller drains and frees."""
         with self._lock:
+            replaced = self._models.get(model.name)
             self._models[model.name] = model
             if activate or self._active is None:
-                self._active = model.name
+                self._set_active(model.name, replaced)
+            return replaced
+
+    def activate(self, name: str) -> ServedModel:
+        with self._lock:
+            model = self._resolve(name)
+            self._set_active(model.name, None)
+            return model
+
+    def remove(self, name: str) -> ServedModel:
+        with self._lock:
+            model = self._resolve(name)
+            del self._models[model.name]
+            return model
+
+    def _set_active(self, name: str, replaced: ServedModel | None) -> None:
+        if self._active is not None and self._active != name:
+            old = self._models.get(self._active)
+            if old is not None:
+                self.previous = (old.name, old.location)
+        elif self._active == name and replaced is not None:
+            self.previous = (replaced.name, replaced.location)
+        self._active = name
 
     @property
     def ready(self) -> bool:
         return self._active is not None
+
+    @property
+    def active_name(self) -> str | None:
+        return self._active
+
+    def active(self) -> ServedModel | None:
+        with self._lock:
+            return self._models.get(self._active) if self._active else None
 
     def list(self) -> tuple[list[ServedModel], str | None]:
         with self._lock:
@@ -60,16 +100,19 @@ class ModelRegistry:
         with self._lock:
             model = self._resolve(name)
             model.pins += 1
+            model.idle.clear()
         try:
             yield model
         finally:
             with self._lock:
                 model.pins -= 1
+                if model.pins == 0:
+                    model.idle.set()
 
     def _resolve(self, name: str | None) -> ServedModel:
         if self._active is None:
             raise NotReady("no model is loaded yet; retry when /readyz answers 200")
-        if name is None or name == "default":
+        if name is None or (name == "default" and "default" not in self._models):
             return self._models[self._active]
         try:
             return self._models[name]
