@@ -35,8 +35,10 @@ def validate_location(location: str, settings: Settings) -> str:
     if ".." in Path(location).parts:
         raise InvalidInput("'..' is not allowed in a model location", param="path")
     path = Path(location)
-    if not path.is_absolute() and HUB_ID.match(location) and not _inside_roots_exists(
-        location, settings
+    if (
+        not path.is_absolute()
+        and HUB_ID.match(location)
+        and not _inside_roots_exists(location, settings)
     ):
         if not settings.allow_hub_models:
             raise InvalidInput(

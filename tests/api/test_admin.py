@@ -292,7 +292,9 @@ def test_swap_under_continuous_load(admin) -> None:
                 ids = encoder.encode(prompt=f"prompt {i}", response=text).input_ids
                 expected = checksum_reward(ids) + offsets[version]
                 if abs(result["reward"] - expected) > 1e-9:
-                    failures.append(f"reward from another version in a {version} response: {result['reward']} vs {expected}")
+                    failures.append(
+                        f"reward from another version in a {version} response: {result['reward']} vs {expected}"
+                    )
 
     threads = [threading.Thread(target=trainer, args=(i,)) for i in range(4)]
     for t in threads:

@@ -98,5 +98,5 @@ def test_missing_directory_and_missing_config(roots) -> None:
     with pytest.raises(InvalidInput, match="no model directory"):
         validate_location(str(root / "absent"), settings)
     (root / "empty").mkdir()
-    with pytest.raises(InvalidInput, match="config.json"):
+    with pytest.raises(InvalidInput, match=r"config\.json"):
         validate_location(str(root / "empty"), settings)
