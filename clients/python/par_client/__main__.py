@@ -1,0 +1,3 @@
+from par_client.cli import main
+
+raise SystemExit(main())
