@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -201,7 +201,6 @@ class _Window:
     total_pairs: int = 0
     total_references: int = 0
     last_update: float = 0.0
-    by_method_total: dict[str, int] = field(default_factory=dict)
 
 
 class RewardWindows:

@@ -84,5 +84,8 @@ class InstrumentedStore:
     async def ping(self) -> None:
         await self._timed("ping", self.inner.ping())
 
+    def state(self) -> dict[str, str | int | float]:
+        return self.inner.state()
+
     async def close(self) -> None:
         await self.inner.close()
