@@ -5,31 +5,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api import health, runs, score
+from service.api import admin, compat, health, runs, score
 from service.api import models as models_api
+from service.api import monitoring as monitoring_api
+from service.api.auth import ADMIN_PREFIX, AdminAuth, ApiKeyAuth
+from service.api.cancellation import CancelOnDisconnect
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
-from service.api.limits import BodySizeLimit
+from service.api.limits import BodySizeLimit, JsonTextCheck
 from service.batching.batcher import MicroBatcher
 from service.config import Settings
-from service.models.encoding import PairEncoder
+from service.models.coordination import ReplicaCoordinator
+from service.models.manager import Loader, ModelManager, load_served_model
 from service.models.registry import ModelRegistry, ServedModel
+from service.monitoring.metrics import HttpMetrics
+from service.monitoring.recorder import Recorder
 from service.scoring.scorer import Scorer
 from service.store import create_store
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, models: Sequence[ServedModel] | None = None) -> FastAPI:
-    """Build the service. `models` replaces loading `settings.model` (tests pass a fake)."""
+def create_app(
+    settings: Settings,
+    *,
+    models: Sequence[ServedModel] | None = None,
+    loader: Loader | None = None,
+) -> FastAPI:
+    """Build the service. `models` replaces loading `settings.model` and `loader` replaces
+    loading from disk in the admin API (tests pass fakes)."""
+    # Built here, not in the lifespan: the HTTP middleware needs it before the app starts.
+    recorder = Recorder(settings) if settings.metrics_enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,27 +52,54 @@ def create_app(settings: Settings, *, models: Sequence[ServedModel] | None = Non
             settings.tokenizer_threads, thread_name_prefix="tokenizer"
         )
         store = create_store(settings)
+        if recorder is not None:
+            store = recorder.watch_store(store)
         batcher = MicroBatcher(
             token_budget=settings.effective_token_budget(device),
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.batch_wait_ms / 1000,
             max_queue_items=settings.max_queue_items,
+            on_batch=recorder.on_batch if recorder is not None else None,
         )
         batcher.start()
         registry = ModelRegistry()
+        if recorder is not None:
+            recorder.attach(registry=registry, batcher=batcher)
+        scorer = Scorer(
+            settings=settings,
+            registry=registry,
+            store=store,
+            batcher=batcher,
+            tokenizer_pool=tokenizer_pool,
+            recorder=recorder,
+        )
+        manager = ModelManager(
+            settings=settings,
+            registry=registry,
+            batcher=batcher,
+            scorer=scorer,
+            store=store,
+            loader=loader,
+        )
         services = Services(
             settings=settings,
             registry=registry,
             store=store,
             batcher=batcher,
-            scorer=Scorer(
-                settings=settings,
-                registry=registry,
-                store=store,
-                batcher=batcher,
-                tokenizer_pool=tokenizer_pool,
-            ),
+            scorer=scorer,
+            manager=manager,
+            recorder=recorder,
         )
+        if settings.redis_url:
+            services.coordinator = ReplicaCoordinator(
+                redis_url=settings.redis_url,
+                prefix=settings.redis_prefix,
+                manager=manager,
+                registry=registry,
+                interval_s=settings.reconcile_interval_s,
+                replica_id=settings.replica_id,
+            )
+            await services.coordinator.start()
         app.state.services = services
         loading: asyncio.Task[None] | None = None
         if models:
@@ -70,10 +111,14 @@ def create_app(settings: Settings, *, models: Sequence[ServedModel] | None = Non
         try:
             yield
         finally:
+            health.begin_draining(app)  # uvicorn has drained; readiness fails from here on
             if loading is not None:
                 loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loading
+            if services.coordinator is not None:
+                await services.coordinator.close()
+            await manager.close()
             await asyncio.to_thread(batcher.stop)
             await store.close()
             tokenizer_pool.shutdown(wait=True)
@@ -87,57 +132,45 @@ def create_app(settings: Settings, *, models: Sequence[ServedModel] | None = Non
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (score.router, models_api.router, runs.router, health.router):
+    for router in (score.router, models_api.router, admin.router, runs.router, health.router):
         app.include_router(router)
+    app.include_router(monitoring_api.router)
+    app.include_router(compat.router)
+    # Each middleware added wraps the ones before it; cheapest refusals outermost.
+    app.add_middleware(CancelOnDisconnect)  # a client that leaves cancels its queued work
+    app.add_middleware(JsonTextCheck)  # 400: not UTF-8, NUL, lone surrogate escapes
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Auth is decided from the headers, before any body byte is read.
+    app.add_middleware(AdminAuth, token=settings.admin_token, prefix=ADMIN_PREFIX)
+    if settings.api_keys:
+        keys = [key.get_secret_value() for key in settings.api_keys]
+        app.add_middleware(ApiKeyAuth, keys=keys, admin_prefix=ADMIN_PREFIX)
+    if settings.cors_origins:
+        # Outside auth: a browser's preflight carries no credentials, and a 401 needs the
+        # CORS headers for the page to read it.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type"],
+        )
+    if recorder is not None:
+        # Around everything (it reads no body), so 401s and 413s are counted too.
+        app.add_middleware(HttpMetrics, metrics=recorder.metrics, openapi=app.openapi)
     return app
 
 
 async def _load_startup_model(settings: Settings, services: Services) -> None:
     try:
-        model = await asyncio.to_thread(load_served_model, settings, settings.model_name)
+        model = await asyncio.to_thread(
+            load_served_model, settings, settings.model_name, settings.model
+        )
     except Exception as exc:
         services.load_error = f"model load failed: {exc}"
         logger.exception("could not load the start-up model %r", settings.model)
         return
     services.registry.add(model)
     logger.info("serving %s (version %s)", model.name, model.version)
-
-
-def load_served_model(settings: Settings, name: str, location: str | None = None) -> ServedModel:
-    """Load, warm up and wrap a model (blocking: run it off the event loop)."""
-    from service.models.loaders import ModelSource, load_reward_model
-
-    loaded = load_reward_model(
-        ModelSource(
-            location=location or settings.model,
-            head_index=settings.head_index,
-            device=settings.device,
-            dtype=settings.dtype,
-            allow_pickle=settings.allow_pickle,
-            trust_remote_code=settings.trust_remote_code,
-            cache_dir=settings.cache_dir,
-        )
-    )
-    loaded.runner.warmup()
-    # The version also covers encoding settings that change what the RM reads.
-    version = hashlib.sha256(
-        f"{loaded.fingerprint}|max_tokens={settings.max_tokens}".encode()
-    ).hexdigest()[:16]
-    return ServedModel(
-        name=name,
-        version=version,
-        runner=loaded.runner,
-        encoder=PairEncoder(loaded.tokenizer, max_tokens=settings.max_tokens),
-        info={
-            "location": loaded.location,
-            "kind": loaded.kind,
-            "device": loaded.device,
-            "dtype": loaded.dtype,
-            "parameters": loaded.num_parameters,
-            "max_tokens": settings.max_tokens,
-        },
-    )
 
 
 def resolve_device(device: str) -> str:

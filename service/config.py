@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "par-reward"
@@ -78,9 +78,89 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = "par"
     redis_timeout_s: float = Field(1.0, gt=0)
+    redis_breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failed Redis calls that open the circuit breaker."
+    )
+    redis_breaker_cooldown_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long an open breaker answers 503 at once before one trial call.",
+    )
+    redis_copy_size: int = Field(
+        10_000,
+        ge=0,
+        description="Prompts whose registrations and reference scores are kept in process "
+        "(LRU), to serve registered references while Redis is down; 0 = none.",
+    )
 
-    # --- admin ---------------------------------------------------------------------------
+    # --- monitoring ----------------------------------------------------------------------
+    metrics_enabled: bool = Field(
+        True,
+        description="Prometheus metrics, reward distributions and the dashboard (turn off "
+        "only to measure what recording costs).",
+    )
+    metrics_max_runs: int = Field(
+        20,
+        ge=1,
+        description="Distinct run labels in metrics and dashboards; the rest share one.",
+    )
+
+    # --- access ----------------------------------------------------------------------------
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer keys for every route but /healthz, /readyz and /metrics (JSON "
+        "list in the environment); empty = no key needed. Admin routes take the admin token.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed by CORS (JSON list, explicit origins only); "
+        "empty = no CORS headers at all.",
+    )
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, keep serving this long with /readyz failing, so load "
+        "balancers stop routing here first; then finish in-flight requests and exit.",
+    )
+
+    # --- admin and hot swap ---------------------------------------------------------------
     admin_token: str | None = Field(None, description="Bearer token for /v1/admin; unset = off.")
+    model_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories the admin API may load models from (JSON list in the "
+        "environment). The demo cache directory is always allowed.",
+    )
+    allow_hub_models: bool = Field(False, description="Let the admin API load hub ids.")
+    drain_timeout_s: float = Field(
+        60.0, gt=0, description="Wait for requests pinned to a replaced model before freeing it."
+    )
+    reconcile_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often a replica compares its model with the desired one in Redis.",
+    )
+    replica_id: str | None = Field(
+        None, description="Name in /v1/admin/replicas; default host:pid."
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            value = key.get_secret_value()
+            if not value or not value.isprintable() or any(c.isspace() for c in value):
+                raise ValueError("API keys must be non-empty printable text without spaces")
+        return keys
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _explicit_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*" or not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"CORS origins must be explicit, e.g. 'https://dash.example.org' ({origin!r})"
+                )
+        return origins
 
     def effective_token_budget(self, device: str) -> int:
         if self.token_budget is not None:

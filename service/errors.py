@@ -3,6 +3,8 @@ single error body `{"error": {"type", "message", "param"}}`. Nothing here import
 
 from __future__ import annotations
 
+import math
+
 
 class ServiceError(Exception):
     """Base of every error a client can see. `message` says what to change; `param` names
@@ -29,6 +31,12 @@ class MissingReferences(InvalidInput):
     """A reference-based shaping was asked for items whose prompt has no references."""
 
     type = "missing_references"
+
+
+class TokenizerFailed(InvalidInput):
+    """The tokenizer crashed on a pair (a Rust panic); the service itself is fine."""
+
+    type = "tokenizer_failed"
 
 
 class BadRequest(ServiceError):
@@ -97,13 +105,18 @@ class NotReady(ServiceError):
 
 
 class StoreUnavailable(ServiceError):
-    """The reference store cannot answer and no correct result can be computed without it."""
+    """The reference store cannot answer and no correct result can be computed without it.
+    Retryable after `retry_after` seconds (the breaker's cool-down left, when it is open)."""
 
     status = 503
     type = "store_unavailable"
 
+    def __init__(self, message: str, *, retry_after: float = 1.0, param: str | None = None):
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class DeadlineExceeded(ServiceError):

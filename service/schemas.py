@@ -25,6 +25,9 @@ ShapingMethod = Literal[
 assert set(ShapingMethod.__args__) == set(METHODS)  # type: ignore[attr-defined]
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+# Names and versions are identifiers, so an error naming one never echoes free text.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 
 
 class _Strict(BaseModel):
@@ -117,7 +120,9 @@ class ShapingRequest(_Strict):
 
 
 class ScoreRequest(_Strict):
-    model: str | None = Field(None, description="Served model name; default the active one.")
+    model: str | None = Field(
+        None, pattern=MODEL_NAME_PATTERN, description="Served model name; default the active one."
+    )
     items: list[ScoreItem] = Field(min_length=1)
     shaping: ShapingRequest = Field(default_factory=ShapingRequest)  # type: ignore[arg-type]
     run_id: str | None = Field(
@@ -128,6 +133,7 @@ class ScoreRequest(_Strict):
     )
     expected_model_version: str | None = Field(
         None,
+        pattern=MODEL_VERSION_PATTERN,
         description="If set and the served version differs, 409 instead of scoring: a "
         "trainer never mixes two RMs in one step.",
     )
@@ -166,7 +172,9 @@ class ReferenceItem(_PromptFields):
 
 
 class ReferencesRequest(_Strict):
-    model: str | None = None
+    model: str | None = Field(
+        None, pattern=MODEL_NAME_PATTERN, description="Served model name; default the active one."
+    )
     items: list[ReferenceItem] = Field(min_length=1)
 
 
@@ -193,6 +201,11 @@ class ModelsResponse(BaseModel):
     active: str | None
     active_version: str | None
     models: list[ModelInfo]
+    swap: dict[str, object] = Field(
+        default_factory=dict,
+        description="Swap state: in progress, count, last error, and the background "
+        "re-scoring of registered references for the active version (progress).",
+    )
 
 
 class RunStatsResponse(BaseModel):

@@ -15,7 +15,14 @@ from service.api.responses import ERROR_RESPONSES
 from service.errors import StoreUnavailable
 from service.schemas import ModelsResponse
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    responses={
+        **ERROR_RESPONSES,
+        403: {"description": "The admin API is off (no PAR_ADMIN_TOKEN)"},
+    },
+)
 
 ModelName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._\-]{1,64}$")]
 
@@ -74,7 +81,7 @@ async def list_replicas(services: ServicesDep) -> ReplicasResponse:
     """Every replica sharing this Redis, with its version and state."""
     if services.coordinator is None:
         active = services.registry.active()
-        me = {
+        me: dict[str, object] = {
             "replica_id": "local",
             "version": active.version if active else None,
             "state": "serving" if active else "loading",

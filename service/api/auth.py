@@ -63,7 +63,7 @@ class ApiKeyAuth:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
         if (
-            scope["type"] != "http"
+            scope["type"] == "lifespan"
             or path in OPEN_PATHS
             or path == self.admin_prefix
             or path.startswith(self.admin_prefix + "/")
@@ -77,6 +77,9 @@ class ApiKeyAuth:
         for key in self.keys:
             matched |= hmac.compare_digest(given, key)
         if not given or not matched:
+            if scope["type"] == "websocket":  # none today; refused before the handshake
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await _reject(
                 send,
                 401,

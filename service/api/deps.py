@@ -9,7 +9,11 @@ from fastapi import Depends, Request
 
 from service.batching.batcher import MicroBatcher
 from service.config import Settings
+from service.errors import NotFound
+from service.models.coordination import ReplicaCoordinator
+from service.models.manager import ModelManager
 from service.models.registry import ModelRegistry
+from service.monitoring.recorder import Recorder
 from service.scoring.scorer import Scorer
 from service.store.base import ReferenceStore
 
@@ -23,7 +27,11 @@ class Services:
     store: ReferenceStore
     batcher: MicroBatcher
     scorer: Scorer
+    manager: ModelManager
+    coordinator: ReplicaCoordinator | None = None  # with Redis: replicas follow admin changes
     load_error: str | None = None
+    draining: bool = False  # shutdown has begun: /readyz answers 503 from then on
+    recorder: Recorder | None = None  # None when metrics are disabled
 
 
 def get_services(request: Request) -> Services:
@@ -38,3 +46,13 @@ def get_scorer(request: Request) -> Scorer:
 
 
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+
+
+def get_recorder(request: Request) -> Recorder:
+    recorder = get_services(request).recorder
+    if recorder is None:
+        raise NotFound("metrics and dashboards are disabled; set PAR_METRICS_ENABLED=1")
+    return recorder
+
+
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]

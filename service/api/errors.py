@@ -23,6 +23,9 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+MAX_FIELD_NAME = 64
+
+
 def loc_to_param(loc: Sequence[Any]) -> str | None:
     """('body', 'items', 3, 'response') -> 'items[3].response'."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
@@ -32,6 +35,8 @@ def loc_to_param(loc: Sequence[Any]) -> str | None:
             out += f"[{part}]"
         elif not str(part).isidentifier():
             continue  # pydantic's validator tags such as 'function-after[...]', not a field
+        elif len(str(part)) > MAX_FIELD_NAME:
+            continue  # an unknown key that long is input, not a typo worth naming back
         else:
             out += f".{part}" if out else str(part)
     return out or None
@@ -60,6 +65,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's JSON parsing failed on something other than a syntax error.
+            return error_response(400, "bad_request", _unparsable(exc.__cause__))
         kinds = {404: "not_found", 405: "method_not_allowed"}
         return error_response(
             exc.status_code,
@@ -72,3 +80,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+def _unparsable(cause: BaseException) -> str:
+    """Why FastAPI could not parse a body, in words (never the body itself)."""
+    if isinstance(cause, RecursionError):
+        # The C parser stops at the interpreter's recursion limit (about a thousand levels),
+        # in microseconds; no request of this API is more than a few levels deep.
+        return "the body is nested too deeply to parse; send the request's own JSON shape"
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not valid UTF-8; send JSON encoded as UTF-8"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "the body holds a number with too many digits; send ordinary JSON numbers"
+    return f"the body could not be parsed as JSON ({type(cause).__name__}); send a JSON object"

@@ -18,6 +18,7 @@ async def list_models(services: ServicesDep) -> ModelsResponse:
     return ModelsResponse(
         active=active,
         active_version=active_version,
+        swap=services.manager.status(),
         models=[
             ModelInfo(name=m.name, version=m.version, active=m.name == active, info=m.info)
             for m in models

@@ -14,8 +14,9 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from service.batching.batcher import MicroBatcher
 from service.config import Settings
@@ -233,8 +234,8 @@ class ModelManager:
             progress.error = f"{type(exc).__name__}: {exc}"
             logger.exception("re-scoring references for %s failed", model.version)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -11,6 +11,7 @@
       5. cache the new reference scores
       6. shape (pure functions; stateful methods merge this batch into the run's statistics
          first, atomically in the store)
+      7. record distributions and metrics (one call to the recorder)
       -> ScoreResponse, one result per pair, in order
 
 `register_references` is the same pipeline without the policy side.
@@ -19,10 +20,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,8 +38,10 @@ from service.errors import (
     MissingReferences,
     ModelOutputError,
     ModelVersionMismatch,
+    StoreUnavailable,
+    TokenizerFailed,
 )
-from service.models.encoding import EncodedPair, PairText
+from service.models.encoding import EncodedPair, PairEncoder, PairText
 from service.models.registry import ModelRegistry, ServedModel
 from service.schemas import (
     ReferenceResult,
@@ -50,12 +56,18 @@ from service.schemas import (
 from service.scoring import shaping
 from service.scoring.running_stats import RunningStats
 from service.store.base import (
+    LookupUnavailable,
     PromptReferences,
     ReferenceScore,
     ReferenceStore,
     RegisteredPrompt,
 )
 from service.store.keys import canonical_prompt, prompt_key, ref_id
+
+if TYPE_CHECKING:
+    from service.monitoring.recorder import Recorder
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,11 @@ class _Prompt:
         messages = [m.model_dump() for m in raw] if raw is not None else None
         as_json = canonical_prompt(text, messages)
         return cls(prompt_key(as_json), as_json, text, messages)
+
+    @classmethod
+    def from_json(cls, as_json: str) -> _Prompt:
+        """A prompt kept in the store (canonical JSON: a list of messages)."""
+        return cls(prompt_key(as_json), as_json, None, json.loads(as_json))
 
     def pair(self, response: str, param: str) -> PairText:
         return PairText(response=response, prompt=self.text, messages=self.messages, param=param)
@@ -99,12 +116,14 @@ class Scorer:
         store: ReferenceStore,
         batcher: MicroBatcher,
         tokenizer_pool: Executor,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.batcher = batcher
         self.tokenizer_pool = tokenizer_pool
+        self.recorder = recorder  # metrics and reward distributions; None = not recorded
 
     # ---------------------------------------------------------------------------------------
     async def score(self, request: ScoreRequest) -> ScoreResponse:
@@ -177,8 +196,7 @@ class Scorer:
             for (_, refs, text), enc, reward in zip(ref_jobs, ref_enc, ref_rewards, strict=True):
                 score = ReferenceScore(reward=reward, tokens=enc.response_tokens)
                 new_scores.setdefault(refs.prompt.key, {})[ref_id(text)] = score
-            if new_scores:
-                await self.store.save_scores(model.version, new_scores)
+            await self._keep_scores(model.version, new_scores)
             for key, scores in new_scores.items():
                 cached.setdefault(key, {}).update(scores)
 
@@ -200,7 +218,7 @@ class Scorer:
             )
             for p in range(len(pair_texts))
         ]
-        return ScoreResponse(
+        reply = ScoreResponse(
             model_version=model.version,
             shaping=request.shaping,
             run_id=request.run_id,
@@ -212,6 +230,20 @@ class Scorer:
                 reference_misses=len(ref_pairs),
             ),
         )
+        # 7. Record distributions and metrics: one vectorised call (service/monitoring/).
+        if self.recorder is not None:
+            self.recorder.record_score(
+                model_version=model.version,
+                run_id=request.run_id,
+                method=spec.method,
+                raw=raw,
+                references=references,
+                shaped=shaped,
+                lengths=lengths,
+                reference_hits=reply.usage.reference_hits,
+                reference_misses=reply.usage.reference_misses,
+            )
+        return reply
 
     # ---------------------------------------------------------------------------------------
     async def register_references(self, request: ReferencesRequest) -> ReferencesResponse:
@@ -237,22 +269,14 @@ class Scorer:
             await self.store.register(registered)
             stored = _newly_stored(registered, found)
             cached = {key: dict(refs.scores) for key, refs in found.items()}
-            jobs: list[tuple[int, str]] = []  # (item index, text) still to score
+            jobs: list[tuple[_Prompt, str, str]] = []  # (prompt, text, param) to score
             seen: set[tuple[str, str]] = set()
             for i, (p, r) in enumerate(zip(prompts, registered, strict=True)):
                 for rid, text in r.references.items():
                     if rid not in cached.get(p.key, {}) and (p.key, rid) not in seen:
                         seen.add((p.key, rid))
-                        jobs.append((i, text))
-            pairs = [prompts[i].pair(t, f"items[{i}].references") for i, t in jobs]
-            encoded = await self._encode(model, pairs, self.settings.truncation)
-            rewards = await self._forward(model, encoded, deadline)
-            new_scores: dict[str, dict[str, ReferenceScore]] = {}
-            for (i, text), enc, reward in zip(jobs, encoded, rewards, strict=True):
-                score = ReferenceScore(reward=reward, tokens=enc.response_tokens)
-                new_scores.setdefault(prompts[i].key, {})[ref_id(text)] = score
-            if new_scores:
-                await self.store.save_scores(model.version, new_scores)
+                        jobs.append((p, text, f"items[{i}].references"))
+            new_scores, tokens = await self._score_references(model, jobs, deadline)
             for key, scores in new_scores.items():
                 cached.setdefault(key, {}).update(scores)
 
@@ -270,11 +294,63 @@ class Scorer:
             results=results,
             usage=ScoreUsage(
                 pairs=len(jobs),
-                tokens=sum(e.tokens for e in encoded),
+                tokens=tokens,
                 reference_hits=total - len(jobs),
                 reference_misses=len(jobs),
             ),
         )
+
+    # ---------------------------------------------------------------------------------------
+    async def rescore_registered(self, model: ServedModel, prompt_keys: Sequence[str]) -> int:
+        """Score, under `model`, the registered references of these prompts that it has no
+        score for yet (after a swap: the texts were kept, only scores are per version).
+        Returns how many were scored."""
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        found = await self.store.lookup(model.version, prompt_keys)
+        wanted = {
+            key: [rid for rid in refs.registered if rid not in refs.scores]
+            for key, refs in found.items()
+        }
+        wanted = {key: ids for key, ids in wanted.items() if ids}
+        if not wanted:
+            return 0
+        texts = await self.store.reference_texts(wanted)
+        jobs: list[tuple[_Prompt, str, str]] = []
+        for key, ids in wanted.items():
+            as_json = await self.store.prompt_json(key)
+            if as_json is None:
+                continue
+            prompt = _Prompt.from_json(as_json)
+            jobs.extend((prompt, texts[key][rid], key) for rid in ids if rid in texts.get(key, {}))
+        new_scores, _ = await self._score_references(model, jobs, deadline)
+        return sum(len(v) for v in new_scores.values())
+
+    async def _score_references(
+        self, model: ServedModel, jobs: list[tuple[_Prompt, str, str]], deadline: float
+    ) -> tuple[dict[str, dict[str, ReferenceScore]], int]:
+        """Score (prompt, reference text) jobs and keep the scores under the model version.
+        Returns the new scores and the tokens read."""
+        pairs = [prompt.pair(text, param) for prompt, text, param in jobs]
+        encoded = await self._encode(model, pairs, self.settings.truncation)
+        rewards = await self._forward(model, encoded, deadline)
+        new_scores: dict[str, dict[str, ReferenceScore]] = {}
+        for (prompt, text, _), enc, reward in zip(jobs, encoded, rewards, strict=True):
+            score = ReferenceScore(reward=reward, tokens=enc.response_tokens)
+            new_scores.setdefault(prompt.key, {})[ref_id(text)] = score
+        await self._keep_scores(model.version, new_scores)
+        return new_scores, sum(e.tokens for e in encoded)
+
+    async def _keep_scores(
+        self, model_version: str, scores: dict[str, dict[str, ReferenceScore]]
+    ) -> None:
+        """Cache new reference scores. Best effort: they are right and already in this
+        answer; a store that cannot take them now only means they are computed again."""
+        if not scores:
+            return
+        try:
+            await self.store.save_scores(model_version, scores)
+        except StoreUnavailable as exc:
+            logger.info("new reference scores not cached: %s", exc.message)
 
     # -- steps ------------------------------------------------------------------------------
     async def _resolve_references(
@@ -305,7 +381,20 @@ class Scorer:
                 refs.ids = refs.ids[:max_references]
             out.append(refs)
         keys = sorted({r.prompt.key for r in out if r.precomputed is None})
-        found = await self.store.lookup(model.version, keys) if keys else {}
+        try:
+            found = await self.store.lookup(model.version, keys) if keys else {}
+        except LookupUnavailable as exc:
+            # The store is down. Inline references are scored here whatever it holds; items
+            # that rely on registered ones need them from its in-process copy, or the whole
+            # request is a retryable 503 (never a partial batch, never a made-up reference).
+            needs_registered = {
+                r.prompt.key
+                for r, item in zip(out, items, strict=True)
+                if r.precomputed is None and item.references is None
+            }
+            if not needs_registered <= exc.known.keys():
+                raise
+            found = {key: exc.known.get(key, PromptReferences()) for key in keys}
         for refs, item in zip(out, items, strict=True):
             if refs.precomputed is None and item.references is None:
                 refs.ids = list(found[refs.prompt.key].registered[:max_references])
@@ -348,8 +437,7 @@ class Scorer:
         loop = asyncio.get_running_loop()
         # The tokenizer runs on its pool, never on the event loop.
         return await loop.run_in_executor(
-            self.tokenizer_pool,
-            lambda: model.encoder.encode_many(pairs, truncation=truncation),  # type: ignore[arg-type]
+            self.tokenizer_pool, _encode_pairs, model.encoder, pairs, truncation
         )
 
     async def _forward(
@@ -451,6 +539,29 @@ class Scorer:
                 f"{self.settings.max_references_per_prompt} per prompt",
                 param=param,
             )
+
+
+def _encode_pairs(
+    encoder: PairEncoder, pairs: list[PairText], truncation: str
+) -> list[EncodedPair]:
+    """Encode on a tokenizer thread, one pair at a time so a failure names its pair. A Rust
+    tokenizer that panics raises pyo3's PanicException, a BaseException: it would slip past
+    every `except Exception` up to the server (a bare 500, a log of Rust frames). Here it
+    becomes a typed 422 for this request; the pool thread and the tokenizer serve the next."""
+    out: list[EncodedPair] = []
+    for pair in pairs:
+        try:
+            out.extend(encoder.encode_many([pair], truncation=truncation))  # type: ignore[arg-type]
+        except (Exception, KeyboardInterrupt, SystemExit):
+            raise  # ServiceErrors (over-long pairs) and ordinary bugs go their usual ways
+        except BaseException as exc:
+            logger.error("tokenizer panicked on %s: %s", pair.param, type(exc).__name__)
+            raise TokenizerFailed(
+                f"the tokenizer failed on {pair.param} ({type(exc).__name__}); this text "
+                "cannot be encoded by this model's tokenizer, change or drop it",
+                param=pair.param,
+            ) from exc
+    return out
 
 
 def _newly_stored(

@@ -29,5 +29,8 @@ def create_store(settings: Settings) -> ReferenceStore:
             settings.redis_url,
             prefix=settings.redis_prefix,
             timeout_s=settings.redis_timeout_s,
+            breaker_failures=settings.redis_breaker_failures,
+            breaker_cooldown_s=settings.redis_breaker_cooldown_s,
+            copy_size=settings.redis_copy_size,
         )
     return MemoryStore()

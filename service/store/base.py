@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from service.errors import StoreUnavailable
 from service.scoring.running_stats import RunningStats
 
 
@@ -40,6 +41,18 @@ class RegisteredPrompt:
     prompt_key: str
     prompt_json: str  # canonical prompt (text or messages), kept for re-scoring after a swap
     references: Mapping[str, str]  # ref id -> text, in the order given
+
+
+class LookupUnavailable(StoreUnavailable):
+    """The store could not answer a lookup. `known` is what its in-process copy holds for
+    the keys asked (only prompts with registered references; maybe none): enough for the
+    caller to go on where it can be right, e.g. items whose references came inline."""
+
+    def __init__(
+        self, message: str, *, known: dict[str, PromptReferences], retry_after: float = 1.0
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.known = known
 
 
 class ReferenceStore(Protocol):
@@ -80,6 +93,19 @@ class ReferenceStore(Protocol):
         """Forget a run's statistics; True if there was anything."""
         ...
 
+    async def all_prompt_keys(self) -> list[str]:
+        """Every prompt with registered references (re-scoring after a model swap)."""
+        ...
+
+    async def prompt_json(self, prompt_key: str) -> str | None:
+        """The canonical prompt JSON kept at registration."""
+        ...
+
     async def ping(self) -> None: ...
+
+    def state(self) -> dict[str, str | int | float]:
+        """Health of the backend for metrics and /readyz: 'backend', and for Redis the
+        breaker's 'breaker' state and counts of failures, rejections and copy use."""
+        ...
 
     async def close(self) -> None: ...

@@ -99,5 +99,8 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
+    def state(self) -> dict[str, str | int | float]:
+        return {"backend": "memory"}
+
     async def close(self) -> None:
         return None

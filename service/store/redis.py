@@ -8,6 +8,7 @@ Key layout (`P` = prefix, `pk` = prompt key, `V` = model version):
     P:refs_order:{pk}         list   ref_ids in registration order (each once)
     P:scores:{V}:{pk}         hash   ref_id -> score, repr(float) (round-trips exactly)
     P:run:{run_id}            hash   {method}:count|mean|m2|min|max -> "%.17g" numbers
+    P:merged:{token}          string a merge of run statistics was applied (30 s TTL)
 
 Atomicity: registration and run-statistics merges are Lua scripts (one server-side step each),
 so replicas racing on the same prompt or run never lose or duplicate anything. `lookup` is one
@@ -15,11 +16,21 @@ pipelined round trip however many prompts it is asked about.
 
 Every Redis failure (unreachable, timeout, server error) becomes `StoreUnavailable`, chained
 from the original; messages never carry the URL or credentials.
+
+Failure budget, per call: a socket timeout of `timeout_s` (connect, read, write, and waiting
+for a pooled connection), one retry on a dropped connection (a run-statistics merge carries a
+token, so its retry finds it applied rather than applying it twice; and it carries a deadline,
+so a server that runs it late does nothing), and a circuit breaker (`breaker.py`): after
+`breaker_failures` failed calls in a row, calls fail at once for `breaker_cooldown_s`, then one
+trial call decides. Lookups and writes go through a bounded in-process copy (`local_copy.py`),
+which a failed lookup hands to the caller (`LookupUnavailable.known`).
 """
 
 from __future__ import annotations
 
 import functools
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +43,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import StoreUnavailable
 from service.scoring.running_stats import RunningStats
-from service.store.base import PromptReferences, ReferenceScore, RegisteredPrompt
+from service.store.base import (
+    LookupUnavailable,
+    PromptReferences,
+    ReferenceScore,
+    RegisteredPrompt,
+)
+from service.store.breaker import CircuitBreaker, CircuitOpen
+from service.store.local_copy import LocalCopy
 
 STAT_FIELDS = ("count", "mean", "m2", "min", "max")
 
@@ -64,7 +82,10 @@ end
 return new
 """
 
-# KEYS[1] = run hash. ARGV = method, count, mean, m2, min, max of a non-empty batch.
+# KEYS[1] = run hash, KEYS[2] = this merge's token key. ARGV = method, count, mean, m2, min,
+# max of a non-empty batch, the deadline (see _LATE_LUA), the token's TTL in ms. Returns the
+# merged statistics, or false when late. A merge whose token is there already was applied (its
+# reply was lost with its connection): the retry returns the statistics instead of merging twice.
 # Chan et al.'s parallel merge, the same expressions in the same order as
 # RunningStats.merge (IEEE doubles both sides). Numbers are stored and returned as "%.17g"
 # strings: exact round trip (Lua's tostring keeps only 14 digits, and a Lua number returned
@@ -72,6 +93,10 @@ return new
 _MERGE_STATS_LUA = """
 local m = ARGV[1]
 local fc, fmean, fm2, fmin, fmax = m .. ':count', m .. ':mean', m .. ':m2', m .. ':min', m .. ':max'
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return redis.call('HMGET', KEYS[1], fc, fmean, fm2, fmin, fmax)
+end
+if _late(ARGV[7]) then return false end
 local bn = tonumber(ARGV[2])
 local bmean = tonumber(ARGV[3])
 local bm2 = tonumber(ARGV[4])
@@ -101,8 +126,32 @@ local out = {
   string.format('%.17g', mn), string.format('%.17g', mx)
 }
 redis.call('HSET', KEYS[1], fc, out[1], fmean, out[2], fm2, out[3], fmin, out[4], fmax, out[5])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[8])
 return out
 """
+
+
+# Prepended to the scripts that must not run late. A client gives up on a reply after its
+# socket timeout and answers 503; a paused or stalled server may still run the command later,
+# when it reads it from the socket. A merge of run statistics applied then would count a batch
+# the client was told failed (and will send again); a reset applied then would wipe newer
+# merges. So these scripts carry a deadline on the server's own clock and do nothing past it.
+_LATE_LUA = """
+local function _late(deadline_ms)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 > tonumber(deadline_ms)
+end
+"""
+
+# KEYS[1] = run hash; ARGV[1] = deadline (ms, server clock). 1 if deleted, 0 if absent,
+# false if late.
+_RESET_STATS_LUA = """
+if _late(ARGV[1]) then return false end
+return redis.call('DEL', KEYS[1])
+"""
+
+CLOCK_REFRESH_S = 300.0  # how often the server clock's offset is measured again
+MERGE_TOKEN_TTL_MS = 30_000  # long enough for the one retry of a merge
 
 
 def _encode_score(score: ReferenceScore) -> str:
@@ -133,8 +182,8 @@ class RedisStore:
 
     One bounded connection pool per store: a request waits up to `timeout_s` for a free
     connection, then fails as `StoreUnavailable`. Socket connect/read/write timeouts are
-    `timeout_s`. redis-py's own retries are off: a merge of run statistics must never be
-    applied twice; idempotent operations are retried once here on a dropped connection.
+    `timeout_s`. redis-py's own retries are off: operations are retried once here on a
+    dropped connection, and only those that are safe to repeat (`idempotent`).
     """
 
     def __init__(
@@ -144,9 +193,16 @@ class RedisStore:
         prefix: str = "par",
         timeout_s: float = 1.0,
         max_connections: int = 64,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 5.0,
+        copy_size: int = 10_000,
     ) -> None:
         self._prefix = prefix
         self._timeout_s = timeout_s
+        self._breaker = CircuitBreaker(
+            failure_threshold=breaker_failures, cooldown_s=breaker_cooldown_s
+        )
+        self._copy = LocalCopy(copy_size)
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -158,7 +214,10 @@ class RedisStore:
         )
         self._redis = aioredis.Redis.from_pool(self._pool)
         self._register = self._redis.register_script(_REGISTER_LUA)
-        self._merge_stats = self._redis.register_script(_MERGE_STATS_LUA)
+        self._merge_stats = self._redis.register_script(_LATE_LUA + _MERGE_STATS_LUA)
+        self._reset_stats = self._redis.register_script(_LATE_LUA + _RESET_STATS_LUA)
+        self._clock_offset_s: float | None = None  # server clock - local clock
+        self._clock_measured = 0.0
 
     # --- keys ----------------------------------------------------------------------------
     def _k_prompts(self) -> str:
@@ -183,6 +242,27 @@ class RedisStore:
     async def _call(
         self, op: str, fn: Callable[[], Awaitable[Any]], *, idempotent: bool = True
     ) -> Any:
+        """One store operation through the breaker: fails at once while it is open."""
+        try:
+            self._breaker.acquire()
+        except CircuitOpen as e:
+            raise StoreUnavailable(
+                f"reference store (redis) unavailable: {self._breaker.consecutive_failures} "
+                f"failed calls in a row, not trying again for {e.retry_after:.1f}s; retry later",
+                retry_after=e.retry_after,
+            ) from None
+        try:
+            result = await self._attempt(op, fn, idempotent=idempotent)
+        except StoreUnavailable:
+            self._breaker.failure()
+            raise
+        except BaseException:
+            self._breaker.abandon()  # cancelled (client gone, deadline): no verdict on Redis
+            raise
+        self._breaker.success()
+        return result
+
+    async def _attempt(self, op: str, fn: Callable[[], Awaitable[Any]], *, idempotent: bool) -> Any:
         attempts = 2 if idempotent else 1
         for attempt in range(attempts):
             try:
@@ -227,7 +307,12 @@ class RedisStore:
                     pipe.hgetall(self._k_scores(model_version, pk))
                 return await pipe.execute()
 
-        replies = await self._call("lookup", run)
+        try:
+            replies = await self._call("lookup", run)
+        except StoreUnavailable as e:
+            raise LookupUnavailable(
+                e.message, known=self._copy.lookup(model_version, keys), retry_after=e.retry_after
+            ) from e.__cause__
         out: dict[str, PromptReferences] = {}
         for i, pk in enumerate(keys):
             order = replies[2 * i]
@@ -237,6 +322,7 @@ class RedisStore:
                 registered=tuple(order),
                 scores={rid: _decode_score(s) for rid, s in raw_scores.items()},
             )
+        self._copy.saw_lookup(model_version, out)
         return out
 
     async def reference_texts(
@@ -272,6 +358,8 @@ class RedisStore:
             for rid, text in p.references.items():
                 args += [rid, text]
         new = await self._call("register", lambda: self._register(keys=keys, args=args))
+        for p in prompts:
+            self._copy.saw_registration(p.prompt_key, list(p.references))
         return int(new)
 
     async def save_scores(
@@ -280,6 +368,7 @@ class RedisStore:
         todo = {pk: by_ref for pk, by_ref in scores.items() if by_ref}
         if not todo:
             return
+        self._copy.saw_scores(model_version, todo)  # kept here even if Redis fails below
 
         async def run() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -327,12 +416,16 @@ class RedisStore:
             repr(float(batch.m2)),
             repr(float(batch.min)),
             repr(float(batch.max)),
+            await self._deadline_ms(),
+            str(MERGE_TOKEN_TTL_MS),
         ]
+        keys = [self._k_run(run_id), f"{self._prefix}:merged:{secrets.token_hex(12)}"]
+        # The token makes the merge safe to retry on a dropped connection (see the script).
         reply = await self._call(
-            "update_run_stats",
-            lambda: self._merge_stats(keys=[self._k_run(run_id)], args=args),
-            idempotent=False,
+            "update_run_stats", lambda: self._merge_stats(keys=keys, args=args)
         )
+        if reply is None:
+            raise self._too_late("update_run_stats")
         return _stats_from_strings(reply)
 
     async def get_run_stats(self, run_id: str) -> dict[str, RunningStats]:
@@ -349,14 +442,50 @@ class RedisStore:
         }
 
     async def reset_run_stats(self, run_id: str) -> bool:
+        deadline = await self._deadline_ms()
         deleted = await self._call(
-            "reset_run_stats", lambda: self._redis.delete(self._k_run(run_id))
+            "reset_run_stats",
+            lambda: self._reset_stats(keys=[self._k_run(run_id)], args=[deadline]),
         )
+        if deleted is None:
+            raise self._too_late("reset_run_stats")
         return int(deleted) > 0
+
+    async def _deadline_ms(self) -> str:
+        """Half the timeout from now, in ms on the server's clock: a script reaching the
+        server later does nothing, and one run in time has the other half to answer. The
+        clocks' offset is measured with TIME (to half a round trip) now and then."""
+        now = time.monotonic()
+        if self._clock_offset_s is None or now - self._clock_measured > CLOCK_REFRESH_S:
+            sent = time.time()
+            seconds, micros = await self._call("time", self._redis.time)
+            received = time.time()
+            self._clock_offset_s = seconds + micros / 1e6 - (sent + received) / 2
+            self._clock_measured = now
+        return f"{(time.time() + self._clock_offset_s + self._timeout_s / 2) * 1000:.0f}"
+
+    def _too_late(self, op: str) -> StoreUnavailable:
+        self._clock_offset_s = None  # measure again, in case a clock jumped
+        return StoreUnavailable(
+            f"reference store (redis) was too slow to run {op} (it was not applied); retry later"
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def ping(self) -> None:
         await self._call("ping", self._redis.ping)
+
+    def state(self) -> dict[str, str | int | float]:
+        breaker = self._breaker
+        return {
+            "backend": "redis",
+            "breaker": breaker.state,
+            "consecutive_failures": breaker.consecutive_failures,
+            "failures": breaker.failures,
+            "rejected": breaker.rejected,
+            "opened": breaker.opened,
+            "copy_prompts": len(self._copy),
+            "copy_served": self._copy.served,
+        }
 
     async def close(self) -> None:
         """Close the client and disconnect every pooled connection."""

@@ -17,9 +17,18 @@ from tests.redis.server import free_port
 
 
 class ServiceProcess:
-    def __init__(self, *, model: str = "demo", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str = "demo",
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
+        """`argv` replaces `-m service --model <model>` (e.g. `-m tests.e2e.fake_service`);
+        `--port` is always added."""
         self.model = model
         self.env = env or {}
+        self.argv = argv if argv is not None else ["-m", "service", "--model", model]
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         fd, path = tempfile.mkstemp(prefix="par-service-", suffix=".log")
@@ -34,7 +43,7 @@ class ServiceProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "--port", str(self.port), "--model", self.model],
+                [sys.executable, *self.argv, "--port", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
