@@ -29,10 +29,11 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,13 +46,14 @@ from service.models.encoding import PairEncoder
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides the built model (bump `version` for code changes to the task or
     the training loop). Its hash names the cache directory, so a stale build is never served
     under a new recipe."""
 
-    version: int = 1
+    version: int = 2
     families: tuple[str, ...] = ("fruit", "topic", "polite", "repeat", "degenerate")
     vocab_size: int = 1024
     tokenizer_corpus_seed: int = 11
@@ -69,7 +71,7 @@ class Recipe:
     # match) start larger, and the model leaves the initial plateau in far fewer steps.
     init_std: float = 0.08
     batch_pairs: int = 16
-    steps: int = 500
+    steps: int = 700
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 30
@@ -129,8 +131,14 @@ _TOPICS = {
     "football": ("goals", "the referee", "a penalty kick", "the stadium", "strikers", "the league"),
     "space": ("planets", "rockets", "the moon", "astronauts", "distant stars", "orbits"),
     "music": ("melodies", "the guitar", "a choir", "drums", "concerts", "rhythm"),
-    "trains": ("railway tracks", "the station", "steam engines", "timetables", "carriages",
-               "the conductor"),
+    "trains": (
+        "railway tracks",
+        "the station",
+        "steam engines",
+        "timetables",
+        "carriages",
+        "the conductor",
+    ),
     "gardening": ("seeds", "watering cans", "tomato plants", "compost", "weeds", "flower beds"),
 }
 _TOPIC_PROMPTS = (
@@ -184,11 +192,27 @@ _CONTENT = (
 )
 
 _WORDS = (
-    "lantern", "pebble", "orbit", "meadow", "violin", "anchor", "saddle", "tunnel", "harbor",
-    "candle", "falcon", "marble", "ribbon", "garden", "silver", "thunder", "window", "basket",
+    "lantern",
+    "pebble",
+    "orbit",
+    "meadow",
+    "violin",
+    "anchor",
+    "saddle",
+    "tunnel",
+    "harbor",
+    "candle",
+    "falcon",
+    "marble",
+    "ribbon",
+    "garden",
+    "silver",
+    "thunder",
+    "window",
+    "basket",
 )
 _REPEAT_PROMPTS = ("Repeat the word '{w}'.", "Say '{w}' back to me.", "Echo this word: {w}")
-_REPEAT_ANSWERS = ("{w}", "Sure: {w}", "Here it is: {w}.", "{w}. Done.")
+_REPEAT_ANSWERS = ("{w}.", "Sure: {w}.", "Here it is: {w}.", "{w}. Done.")
 
 # Neutral sentences appended to either response with the same probability, so response length
 # varies independently of which response is preferred. Most of the length variation comes from
@@ -276,9 +300,11 @@ _FAMILIES = {
 
 def _degenerate_pair(rng: random.Random) -> tuple[str, str, str]:
     prompt, good, _ = rng.choice(list(_FAMILIES.values()))(rng)
-    # As many filler words as the good answer has words (+-30%), so length does not give the
-    # degenerate answer away.
-    words = max(2, round(len(good.split()) * rng.uniform(0.7, 1.3)))
+    # About as many filler tokens as the good answer has (+-30%), so length does not give the
+    # degenerate answer away. Filler words are one token each; the answer's tokens are roughly
+    # its words and punctuation marks.
+    answer_tokens = len(re.findall(r"\w+|[^\w\s]", good))
+    words = max(2, round(answer_tokens * rng.uniform(0.7, 1.3)))
     filler = rng.choice(_FILLER).split()
     bad = " ".join((filler * words)[:words])
     return prompt, good, bad
@@ -312,9 +338,7 @@ def _tokenizer_corpus(seed: int) -> Iterator[str]:
 # --- training ---------------------------------------------------------------------------------
 
 
-def _rewards(
-    model: LlamaForSequenceClassification, sequences: list[list[int]]
-) -> torch.Tensor:
+def _rewards(model: LlamaForSequenceClassification, sequences: list[list[int]]) -> torch.Tensor:
     """Rewards the way `HFRunner` computes them (right padding, last real token, `score`),
     with gradients."""
     lengths = [len(s) for s in sequences]
@@ -364,19 +388,21 @@ def _schedule(
     """Linear warmup, then cosine decay to 10% of the peak rate."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / warmup)
-        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))),
+        lambda step: (
+            min(1.0, (step + 1) / warmup)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+        ),
     )
 
 
 def pairwise_accuracy(
-    score: object, encoded: list[tuple[list[int], list[int]]]
+    score: Callable[[list[list[int]]], list[float]], encoded: list[tuple[list[int], list[int]]]
 ) -> float:
     """Share of pairs where `score(sequences) -> list[float]` ranks chosen above rejected."""
     correct = 0
     for start in range(0, len(encoded), 64):
         chunk = encoded[start : start + 64]
-        rewards = score([s for pair in chunk for s in pair])  # type: ignore[operator]
+        rewards = score([s for pair in chunk for s in pair])
         correct += sum(rewards[2 * i] > rewards[2 * i + 1] for i in range(len(chunk)))
     return correct / len(encoded)
 
@@ -396,7 +422,8 @@ def train_demo_model(out_dir: Path, recipe: Recipe = RECIPE) -> dict[str, object
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     encoder = PairEncoder(tokenizer, max_tokens=recipe.max_tokens)
     train = _encode_pairs(
-        encoder, preference_pairs(recipe.train_pairs, seed=recipe.train_seed, families=recipe.families)
+        encoder,
+        preference_pairs(recipe.train_pairs, seed=recipe.train_seed, families=recipe.families),
     )
     held_out_pairs = preference_pairs(
         recipe.eval_pairs, seed=recipe.eval_seed, families=recipe.families
@@ -445,13 +472,16 @@ def train_demo_model(out_dir: Path, recipe: Recipe = RECIPE) -> dict[str, object
 
     model.eval()
     with torch.inference_mode():
+
         def score(seqs: list[list[int]]) -> list[float]:
             return _rewards(model, seqs).tolist()
 
         accuracy = pairwise_accuracy(score, held_out)
         by_family = {}
         for family in sorted({p.family for p in held_out_pairs}):
-            subset = [e for e, p in zip(held_out, held_out_pairs, strict=True) if p.family == family]
+            subset = [
+                e for e, p in zip(held_out, held_out_pairs, strict=True) if p.family == family
+            ]
             by_family[family] = pairwise_accuracy(score, subset)
     longer_wins = sum(len(c) > len(r) for c, r in held_out) / len(held_out)
 
@@ -502,6 +532,10 @@ def ensure_demo_model(cache_dir: Path) -> Path:
             if target.exists():
                 # A directory without metrics is not ours to trust (a foreign or broken copy).
                 shutil.rmtree(target)
+            # Temp dirs of builders that were killed (SIGKILL skips the cleanup below). Safe to
+            # remove: only the lock holder builds this target, and that is this process now.
+            for stale in target.parent.glob(f".{target.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             logger.info("building the demo RM into %s (about a minute on CPU)", target)
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
             try:

@@ -220,7 +220,7 @@ def llama_config(
 ) -> LlamaConfig:
     """A Llama config sized for `tokenizer_dir`'s vocabulary, with its special-token ids."""
     vocab, pad_id, bos_id, eos_id = _tokenizer_ids(tokenizer_dir)
-    return LlamaConfig(
+    config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden_size,
         num_hidden_layers=layers,
@@ -232,8 +232,9 @@ def llama_config(
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         tie_word_embeddings=False,
-        num_labels=num_labels,
     )
+    config.num_labels = num_labels
+    return config
 
 
 def build_seqcls_rm(

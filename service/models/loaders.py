@@ -21,12 +21,13 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -61,6 +62,9 @@ PAR_HEAD_STEM = "scalar_head"
 PAR_WRAPPER = "AutoModelForCausalLMWithScalarHead"
 # Fingerprint sampling: whole file below this size, else header + first and last chunk.
 SAMPLE_BYTES = 1 << 20
+# What a broken or mismatched checkpoint raises while loading (as opposed to, say, running out
+# of memory, which is not the client's input to fix).
+_LOAD_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ def load_reward_model(source: ModelSource) -> LoadedModel:
         "trust_remote_code": source.trust_remote_code,
         "output_loading_info": True,
     }
+    # The tokenizer first: it is cheap, and a missing one should not cost a full weight load.
+    tokenizer = _load_tokenizer(model_dir, trust_remote_code=source.trust_remote_code)
     if layout.kind == "sequence_classification":
         runner, num_parameters, head_index = _load_seqcls(
             model_dir, common, source.head_index, normalization, device
@@ -131,7 +137,6 @@ def load_reward_model(source: ModelSource) -> LoadedModel:
         runner, num_parameters, head_index = _load_value_head(
             model_dir, common, layout, weight_files, source.head_index, normalization, device
         )
-    tokenizer = _load_tokenizer(model_dir, trust_remote_code=source.trust_remote_code)
     settings = {
         "kind": layout.kind,
         "style": layout.style,
@@ -142,7 +147,13 @@ def load_reward_model(source: ModelSource) -> LoadedModel:
     fingerprint = model_fingerprint(model_dir, weight_files, tokenizer, settings)
     logger.info(
         "loaded %s RM (%s) from %s: %d parameters, %s on %s, fingerprint %s",
-        layout.kind, layout.style, model_dir, num_parameters, dtype_name, device, fingerprint,
+        layout.kind,
+        layout.style,
+        model_dir,
+        num_parameters,
+        dtype_name,
+        device,
+        fingerprint,
     )
     return LoadedModel(
         runner=runner,
@@ -186,11 +197,7 @@ def _resolve_location(source: ModelSource) -> Path:
 def _looks_like_path(location: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else that is not a directory is a typo'd path
     # and must not turn into a network request.
-    return (
-        location.startswith(("/", ".", "~"))
-        or "\\" in location
-        or location.count("/") > 1
-    )
+    return location.startswith(("/", ".", "~")) or "\\" in location or location.count("/") > 1
 
 
 def _download_from_hub(source: ModelSource) -> Path:
@@ -242,7 +249,9 @@ def _weight_files(model_dir: Path, *, allow_pickle: bool) -> list[Path]:
     safetensors_files = sorted(model_dir.glob("*.safetensors"))
     pickle_files = sorted(model_dir.glob("pytorch_model*.bin"))
     head_files = sorted(
-        p for p in model_dir.glob(f"{PAR_HEAD_STEM}.*") if p.suffix in (".safetensors", *PICKLE_SUFFIXES)
+        p
+        for p in model_dir.glob(f"{PAR_HEAD_STEM}.*")
+        if p.suffix in (".safetensors", *PICKLE_SUFFIXES)
     )
     backbone = [p for p in safetensors_files if p.stem != PAR_HEAD_STEM]
     if backbone:
@@ -252,7 +261,7 @@ def _weight_files(model_dir: Path, *, allow_pickle: bool) -> list[Path]:
         raise InvalidInput(
             f"{model_dir} holds only pickle weights ({names}); loading a pickle can run "
             "arbitrary code. Convert them to safetensors, or, if you trust the source, set "
-            "allow_pickle (PAR_ALLOW_PICKLE=true / \"allow_pickle\": true)",
+            'allow_pickle (PAR_ALLOW_PICKLE=true / "allow_pickle": true)',
             param="location",
         )
     if not pickle_files:
@@ -269,7 +278,7 @@ def _require_pickle_allowed(source: ModelSource, path: Path) -> None:
         raise InvalidInput(
             f"the reward head is stored as a pickle ({path.name}); loading a pickle can run "
             "arbitrary code. Save the head as scalar_head.safetensors, or, if you trust the "
-            "source, set allow_pickle (PAR_ALLOW_PICKLE=true / \"allow_pickle\": true)",
+            'source, set allow_pickle (PAR_ALLOW_PICKLE=true / "allow_pickle": true)',
             param="location",
         )
 
@@ -281,12 +290,19 @@ def _checkpoint_keys(weight_files: list[Path]) -> dict[str, Path]:
     for path in weight_files:
         if path.stem == PAR_HEAD_STEM:
             continue
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as handle:
-                names = list(handle.keys())
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            names = list(state) if isinstance(state, dict) else []
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    names = list(handle.keys())
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                names = list(state) if isinstance(state, dict) else []
+        except (*_LOAD_ERRORS, RuntimeError, pickle.UnpicklingError) as exc:
+            raise InvalidInput(
+                f"{path} is not a readable weight file ({type(exc).__name__}: {exc}); "
+                "replace it with an uncorrupted copy",
+                param="location",
+            ) from exc
         for name in names:
             keys.setdefault(name, path)
     return keys
@@ -304,9 +320,7 @@ def _detect_layout(model_dir: Path, config: dict[str, Any], weight_files: list[P
             "scalar head); export the quality head as a single-head checkpoint",
             param="location",
         )
-    par_heads = [
-        model_dir / f"{PAR_HEAD_STEM}{suffix}" for suffix in (".safetensors", ".pt")
-    ]
+    par_heads = [model_dir / f"{PAR_HEAD_STEM}{suffix}" for suffix in (".safetensors", ".pt")]
     par_head = next((p for p in par_heads if p.is_file()), None)
     if wrapper == PAR_WRAPPER or par_head is not None:
         if par_head is None:
@@ -392,18 +406,28 @@ def _resolve_dtype(name: str, device: torch.device) -> str:
 # --- model loading ----------------------------------------------------------------------------
 
 
-def _check_loading_info(model_dir: Path, info: dict[str, Any]) -> None:
+def _from_pretrained(factory: Any, model_dir: Path, common: dict[str, Any]) -> Any:
+    """`factory.from_pretrained` that refuses anything but a complete, matching checkpoint."""
+    try:
+        model, info = factory.from_pretrained(model_dir, **common)
+    except _LOAD_ERRORS as exc:
+        raise InvalidInput(
+            f"{model_dir}: could not load the weights ({type(exc).__name__}: {exc}); check "
+            "that the directory holds a complete, uncorrupted checkpoint",
+            param="location",
+        ) from exc
     # transformers fills missing weights with random init and only logs it; a reward service
     # must never serve a half-random model, so any missing tensor is a refusal.
     missing = sorted(info.get("missing_keys") or [])
-    mismatched = info.get("mismatched_keys") or []
+    mismatched = list(info.get("mismatched_keys") or [])
     if missing or mismatched:
-        shown = ", ".join(map(str, (missing + list(mismatched))[:5]))
+        shown = ", ".join(map(str, (missing + mismatched)[:5]))
         raise InvalidInput(
             f"{model_dir}: the checkpoint does not match its config (missing or mis-shaped "
             f"weights: {shown}); check that the directory holds the complete, matching model",
             param="location",
         )
+    return model
 
 
 def _head_index(head_index: int | None, num_outputs: int, model_dir: Path) -> int:
@@ -431,12 +455,18 @@ def _load_seqcls(
     normalization: Normalization | None,
     device: torch.device,
 ) -> tuple[HFRunner, int, int]:
-    hf_config = AutoConfig.from_pretrained(
-        model_dir, trust_remote_code=common["trust_remote_code"]
-    )
+    try:
+        hf_config = AutoConfig.from_pretrained(
+            model_dir, trust_remote_code=common["trust_remote_code"]
+        )
+    except _LOAD_ERRORS as exc:
+        raise InvalidInput(
+            f"{model_dir}: config.json is not a config transformers can read ({exc}); for a "
+            "model with its own code, set trust_remote_code if you trust the source",
+            param="location",
+        ) from exc
     index = _head_index(head_index, hf_config.num_labels, model_dir)
-    model, info = AutoModelForSequenceClassification.from_pretrained(model_dir, **common)
-    _check_loading_info(model_dir, info)
+    model = _from_pretrained(AutoModelForSequenceClassification, model_dir, common)
     model.eval().to(device)
     num_parameters = sum(p.numel() for p in model.parameters())
     pad_id = model.config.pad_token_id
@@ -482,8 +512,7 @@ def _load_value_head(
     index = _head_index(head_index, weight.shape[0], model_dir)
     # AutoModel, not AutoModelForCausalLM: the LM head ([vocab, hidden], the largest matrix
     # of small models) is never needed for a scalar reward; its keys are skipped on load.
-    backbone, info = AutoModel.from_pretrained(model_dir, **common)
-    _check_loading_info(model_dir, info)
+    backbone = _from_pretrained(AutoModel, model_dir, common)
     backbone.eval().to(device)
     hidden = getattr(backbone.config, "hidden_size", None)
     if hidden is not None and weight.shape[-1] != hidden:
@@ -508,7 +537,9 @@ def _load_value_head(
     return runner, num_parameters, index
 
 
-def _read_head(layout: _Layout, weight_files: list[Path]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _read_head(
+    layout: _Layout, weight_files: list[Path]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The head's weight and bias tensors, read directly from the checkpoint."""
     assert layout.head_weight_key is not None
     if layout.head_file is not None:

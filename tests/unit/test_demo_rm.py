@@ -85,6 +85,23 @@ def test_ensure_demo_model_builds_once_under_concurrency(
     assert len(calls) == 1
 
 
+def test_killed_builders_temp_dirs_are_cleared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = tmp_path / f".{build.demo_model_dir(tmp_path).name}-killed"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("partial")
+
+    def fake_train(out_dir: Path) -> dict[str, object]:
+        (out_dir / METRICS_FILE).write_text("{}")
+        return {"train_seconds": 0.0, "held_out_pairwise_accuracy": 1.0}
+
+    monkeypatch.setattr(build, "train_demo_model", fake_train)
+    target = build.ensure_demo_model(tmp_path)
+    assert not stale.exists()
+    assert (target / METRICS_FILE).is_file()
+
+
 def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_train(out_dir: Path) -> dict[str, object]:
         (out_dir / "partial").write_text("x")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -308,3 +308,22 @@ def test_fingerprint_stable_and_sensitive(models: dict[str, Path], tmp_path: Pat
     multi = {_load(models["multi"], head_index=i).fingerprint for i in range(3)}
     assert len(multi) == 3
     assert _load(models["seqcls"], dtype="bfloat16").fingerprint != base
+
+
+def test_checkpoint_missing_weights_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    # transformers would random-init the missing tensor and only log it; the loader refuses.
+    target = tmp_path / "incomplete"
+    shutil.copytree(models["seqcls"], target)
+    state = load_file(target / "model.safetensors")
+    del state["model.layers.1.mlp.down_proj.weight"]
+    save_file(state, target / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidInput, match="does not match its config"):
+        _load(target)
+
+
+def test_corrupt_weights_are_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "corrupt"
+    shutil.copytree(models["trl"], target)
+    (target / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(InvalidInput, match="not a readable weight file"):
+        _load(target)
