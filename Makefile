@@ -35,8 +35,8 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: setup system-deps
-	$(VENV)/bin/ruff check service tests bench deploy
-	$(VENV)/bin/ruff format --check service tests bench deploy
+	$(VENV)/bin/ruff check service tests bench deploy clients/python
+	$(VENV)/bin/ruff format --check service tests bench deploy clients/python
 	$(VENV)/bin/mypy service
 	$(VENV)/bin/pytest -q
 
@@ -60,8 +60,8 @@ test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check service tests bench deploy
-	$(VENV)/bin/ruff format --check service tests bench deploy
+	$(VENV)/bin/ruff check service tests bench deploy clients/python
+	$(VENV)/bin/ruff format --check service tests bench deploy clients/python
 	$(VENV)/bin/mypy service
 
 bench: setup

@@ -12,18 +12,16 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from service.demo.build import preference_pairs
 from service.models.encoding import PairEncoder
 from tests.e2e.service_process import ServiceProcess
 from tests.redis.server import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PAIRS = [
-    ("What is 17 + 25?", "17 + 25 = 42."),
-    ("What is 17 + 25?", "I think it is 51."),
-    ("Name a red fruit.", "A strawberry is red."),
-    ("Reply politely to: can you help me?", "Of course, I would be glad to help."),
-]
+# Held-out pairs of the demo RM's own task (a seed training never used).
+DEMO_PAIRS = preference_pairs(10, seed=12345)
+PAIRS = [(p.prompt, text) for p in DEMO_PAIRS for text in (p.chosen, p.rejected)]
 
 
 @pytest.fixture(scope="module")
@@ -61,34 +59,41 @@ def test_raw_reward_matches_a_plain_transformers_forward(
     got = [x["reward"] for x in r.json()["results"]]
     expected = plain_forward(demo_dir, PAIRS)
     assert got == pytest.approx(expected, abs=1e-4)
-    # The demo RM means something: the correct sum beats the wrong one.
-    assert got[0] > got[1]
+    # The demo RM means something: it prefers the chosen response of held-out pairs (its
+    # measured held-out accuracy is ~0.98; 10 pairs leave room for one miss or two).
+    right = sum(got[2 * i] > got[2 * i + 1] for i in range(len(DEMO_PAIRS)))
+    assert right >= 8, right
 
 
 def test_par_over_http_with_registered_references(service: ServiceProcess) -> None:
-    prompt = "What is 12 + 30?"
-    refs = ["12 + 30 = 42.", "The answer is 42."]
+    """Register each pair's chosen response as the reference, then score both responses:
+    PAR of the reference itself is exactly 0.5, and the rejected one falls below it."""
     reg = httpx.post(
         f"{service.url}/v1/references",
-        json={"items": [{"prompt": prompt, "references": refs}]},
+        json={"items": [{"prompt": p.prompt, "references": [p.chosen]} for p in DEMO_PAIRS]},
         timeout=60,
     )
     assert reg.status_code == 200, reg.text
-    ref_rewards = reg.json()["results"][0]["reference_rewards"]
+    ref_rewards = [x["reference_rewards"] for x in reg.json()["results"]]
     body = {
-        "items": [{"prompt": prompt, "responses": ["12 + 30 = 42.", "It is 7."]}],
+        "items": [{"prompt": p.prompt, "responses": [p.chosen, p.rejected]} for p in DEMO_PAIRS],
         "run_id": "e2e",
     }
     r = httpx.post(f"{service.url}/v1/score", json=body, timeout=60)
     assert r.status_code == 200, r.text
     data = r.json()
-    assert data["usage"]["reference_hits"] == 2 and data["usage"]["reference_misses"] == 0
-    for result in data["results"]:
-        expected = sum(1 / (1 + math.exp(-(result["reward"] - x))) for x in ref_rewards) / 2
-        assert result["shaped_reward"] == pytest.approx(expected, abs=1e-12)
-        assert 0 < result["shaped_reward"] < 1
-    # A response equal to a reference is near 0.5; the wrong answer is below it.
-    assert data["results"][0]["shaped_reward"] > data["results"][1]["shaped_reward"]
+    assert data["usage"]["reference_hits"] == len(DEMO_PAIRS)  # one per item (group)
+    assert data["usage"]["reference_misses"] == 0
+    results = data["results"]
+    for i, refs in enumerate(ref_rewards):
+        for result in results[2 * i : 2 * i + 2]:
+            assert result["reference_rewards"] == refs
+            expected = sum(1 / (1 + math.exp(-(result["reward"] - x))) for x in refs) / len(refs)
+            assert result["shaped_reward"] == pytest.approx(expected, abs=1e-12)
+            assert 0 < result["shaped_reward"] < 1
+        assert results[2 * i]["shaped_reward"] == pytest.approx(0.5, abs=1e-5)
+    below = sum(results[2 * i + 1]["shaped_reward"] < 0.5 for i in range(len(DEMO_PAIRS)))
+    assert below >= 8, below
     models = httpx.get(f"{service.url}/v1/models").json()
     assert models["active_version"] == data["model_version"]
     assert models["models"][0]["info"]["kind"] == "sequence_classification"
