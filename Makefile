@@ -41,11 +41,9 @@ test: setup system-deps
 	$(VENV)/bin/pytest -q
 
 .PHONY: test-trl
-# The TRL integration test (GRPOTrainer on CPU against a live service): trl is not a test
-# dependency of the service (it pulls datasets, accelerate, pandas), so it is installed here;
-# torch is named on the same line so pip keeps the pinned CPU build.
+# Only the TRL integration test (GRPOTrainer on CPU against a live service); it is part of
+# `make test` too (trl is a test dependency).
 test-trl: setup
-	$(PY) -m pip install --quiet trl torch==2.13.0
 	$(VENV)/bin/pytest -q -m trl tests/clients
 
 .PHONY: test-ray

@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer trains a tiny policy on CPU for two optimisation steps with the
 `par_client.trl` reward functions calling the live service; the rewards it logs are the
-service's. Needs `trl` (`make test-trl` installs it); skipped without it."""
+service's. `trl` is a test dependency, so this runs in `make test`."""
 
 from __future__ import annotations
 
