@@ -75,3 +75,24 @@ def demo_dir(demo_cache_dir: Path) -> Path:
     from service.demo.build import ensure_demo_model
 
     return ensure_demo_model(demo_cache_dir)
+
+
+async def status_before_body(app: Any, method: str, path: str) -> int:
+    """Call the ASGI app with headers that announce a large body, and a receive channel that
+    fails if read: the status it answers with, decided before any body byte is read."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        raise AssertionError("the body was read before authentication")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": method, "path": path, "raw_path": path.encode(),
+        "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"999999999")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    return int(sent[0]["status"])

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import fake_model
+from tests.conftest import fake_model, status_before_body
 
 KEYS = ["key-one-0123456789", "key-two-9876543210"]
 ADMIN = "admin-token-abcdef"
@@ -85,22 +85,7 @@ def test_a_keyed_request_is_scored(keyed, tokenizer) -> None:
 
 async def test_keys_are_checked_before_the_body_is_read(tokenizer) -> None:
     app = create_app(Settings(api_keys=KEYS), models=[fake_model(tokenizer)])
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        raise AssertionError("the body was read before authentication")
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "method": "POST", "path": "/v1/score", "raw_path": b"/v1/score",
-        "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"999999999")],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-    }  # fmt: skip
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 401
+    assert await status_before_body(app, "POST", "/v1/score") == 401
 
 
 async def test_a_websocket_without_a_key_is_closed_before_the_handshake(tokenizer) -> None:

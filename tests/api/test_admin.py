@@ -19,7 +19,7 @@ from service.config import Settings
 from service.models.encoding import PairEncoder
 from service.models.fake import FakeRunner, checksum_reward
 from service.models.registry import ServedModel
-from tests.conftest import fake_model
+from tests.conftest import fake_model, status_before_body
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -138,22 +138,7 @@ def test_admin_is_off_without_a_token(tokenizer) -> None:
 
 async def test_auth_is_decided_before_the_body_is_read(tokenizer) -> None:
     app = create_app(Settings(admin_token=TOKEN), models=[fake_model(tokenizer)])
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        raise AssertionError("the body was read before authentication")
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "method": "POST", "path": "/v1/admin/models", "raw_path": b"",
-        "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"999999")],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-    }  # fmt: skip
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 401
+    assert await status_before_body(app, "POST", "/v1/admin/models") == 401
 
 
 # --- swapping ----------------------------------------------------------------------------
