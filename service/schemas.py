@@ -8,21 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.scoring.shaping import METHODS, ShapingSpec
-
-ShapingMethod = Literal[
-    "vanilla",
-    "par",
-    "sigmoid",
-    "tanh",
-    "fittedpoly",
-    "centered",
-    "lsc",
-    "meanstd",
-    "clip",
-    "minmax",
-]
-assert set(ShapingMethod.__args__) == set(METHODS)  # type: ignore[attr-defined]
+from service.scoring.shaping import ShapingMethod, ShapingSpec
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 # Names and versions are identifiers, so an error naming one never echoes free text.

@@ -251,7 +251,7 @@ class Scorer:
         active model; already cached scores are not recomputed."""
         deadline = time.monotonic() + self.settings.request_timeout_s
         for i, item in enumerate(request.items):
-            self._check_texts(item.references, f"items[{i}].references")
+            self._check_references(item.references, f"items[{i}].references")
             self._check_prompt(item, f"items[{i}]")
         prompts = [_Prompt.of(item) for item in request.items]
         registered = [
@@ -507,12 +507,12 @@ class Scorer:
             )
         for i, item in enumerate(items):
             self._check_prompt(item, f"items[{i}]")
-            self._check_texts(
-                [item.response] if item.response is not None else item.responses or [],
-                f"items[{i}].response" if item.response is not None else f"items[{i}].responses",
-            )
+            if item.response is not None:
+                self._check_texts([item.response], f"items[{i}].response", indexed=False)
+            else:
+                self._check_texts(item.responses or [], f"items[{i}].responses", indexed=True)
             if item.references is not None:
-                self._check_texts(item.references, f"items[{i}].references")
+                self._check_references(item.references, f"items[{i}].references")
 
     def _check_prompt(self, item: object, param: str) -> None:
         prompt = getattr(item, "prompt", None)
@@ -525,15 +525,19 @@ class Scorer:
                 param=f"{param}.prompt" if prompt is not None else f"{param}.messages",
             )
 
-    def _check_texts(self, texts: Sequence[str], param: str) -> None:
+    def _check_texts(self, texts: Sequence[str], param: str, *, indexed: bool) -> None:
+        """Characters per text; `indexed` names each text as `param[j]` (lists)."""
         limit = self.settings.max_chars_per_item
         for j, text in enumerate(texts):
             if len(text) > limit:
+                name = f"{param}[{j}]" if indexed else param
                 raise InvalidInput(
-                    f"{param}[{j}] has {len(text)} characters, over the limit of {limit}",
-                    param=f"{param}[{j}]" if len(texts) > 1 or param.endswith("s") else param,
+                    f"{name} has {len(text)} characters, over the limit of {limit}", param=name
                 )
-        if param.endswith("references") and len(texts) > self.settings.max_references_per_prompt:
+
+    def _check_references(self, texts: Sequence[str], param: str) -> None:
+        self._check_texts(texts, param, indexed=True)
+        if len(texts) > self.settings.max_references_per_prompt:
             raise InvalidInput(
                 f"{len(texts)} references, over the limit of "
                 f"{self.settings.max_references_per_prompt} per prompt",

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from service.scoring.running_stats import RunningStats
 
-METHODS = (
+# The one list of shaping methods; the HTTP schema uses this Literal directly.
+ShapingMethod = Literal[
     "vanilla",
     "par",
     "sigmoid",
@@ -34,7 +36,8 @@ METHODS = (
     "meanstd",
     "clip",
     "minmax",
-)
+]
+METHODS: tuple[str, ...] = get_args(ShapingMethod)
 
 _ALWAYS_REFERENCE = frozenset({"par", "centered", "lsc"})
 _CENTERABLE = frozenset({"sigmoid", "tanh", "fittedpoly"})
