@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
@@ -24,8 +24,10 @@ from service.api.limits import BodySizeLimit, JsonTextCheck
 from service.batching.batcher import MicroBatcher
 from service.config import Settings
 from service.models.coordination import ReplicaCoordinator
+from service.models.encoding import set_tokenizer_parallelism
 from service.models.manager import Loader, ModelManager, load_served_model
 from service.models.registry import ModelRegistry, ServedModel
+from service.models.torch_threads import run_on_own_thread, set_torch_threads
 from service.monitoring.metrics import HttpMetrics
 from service.monitoring.recorder import Recorder
 from service.scoring.scorer import Scorer
@@ -48,6 +50,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = models[0].runner.device if models else resolve_device(settings.device)
+        set_tokenizer_parallelism(settings.tokenizer_parallelism)
         tokenizer_pool = ThreadPoolExecutor(
             settings.tokenizer_threads, thread_name_prefix="tokenizer"
         )
@@ -60,6 +63,7 @@ def create_app(
             max_wait_s=settings.batch_wait_ms / 1000,
             max_queue_items=settings.max_queue_items,
             on_batch=recorder.on_batch if recorder is not None else None,
+            thread_init=_thread_init(settings),
         )
         batcher.start()
         registry = ModelRegistry()
@@ -162,7 +166,7 @@ def create_app(
 
 async def _load_startup_model(settings: Settings, services: Services) -> None:
     try:
-        model = await asyncio.to_thread(
+        model = await run_on_own_thread(
             load_served_model, settings, settings.model_name, settings.model
         )
     except Exception as exc:
@@ -171,6 +175,11 @@ async def _load_startup_model(settings: Settings, services: Services) -> None:
         return
     services.registry.add(model)
     logger.info("serving %s (version %s)", model.name, model.version)
+
+
+def _thread_init(settings: Settings) -> Callable[[], None] | None:
+    threads = settings.torch_threads
+    return None if threads is None else (lambda: set_torch_threads(threads))
 
 
 def resolve_device(device: str) -> str:

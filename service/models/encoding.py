@@ -18,6 +18,7 @@ reads, survives; policy "error" rejects the pair.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import threading
@@ -33,6 +34,8 @@ Truncation = Literal["left", "error"]
 
 # Piece kinds: template text (may contain special tokens), prompt user text, response text.
 _TEMPLATE, _PROMPT, _RESPONSE = 0, 1, 2
+# A piece before tokenizing: text, or ids already known (the plain format's special tokens).
+_Piece = str | tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,9 @@ class PairEncoder:
         # A per-encoder random nonce makes the placeholders impossible to forge from user text.
         self._nonce = secrets.token_hex(8)
         self._placeholder_re = re.compile(rf"\uE000{self._nonce}:(\d+)\uE001")
-        self._plain_prefix, self._plain_suffix = self._special_tokens_around_text()
-        self._plain_separator = self._ids("\n\n", user_text=False)
+        prefix, suffix = self._special_tokens_around_text()
+        self._plain_prefix, self._plain_suffix = tuple(prefix), tuple(suffix)
+        self._plain_separator = tuple(self._ids("\n\n", user_text=False))
 
     # -- public -------------------------------------------------------------------------------
 
@@ -99,45 +103,79 @@ class PairEncoder:
     def encode_many(
         self, pairs: Sequence[PairText], *, truncation: Truncation = "left"
     ) -> list[EncodedPair]:
-        """Encode pairs; raises InvalidInput naming the first pair that cannot fit."""
-        return [self._fit(self._pieces(p), p, truncation) for p in pairs]
+        """Encode pairs; raises InvalidInput naming the first pair that cannot fit.
 
-    # -- pieces -------------------------------------------------------------------------------
+        All texts of the call go through the Rust tokenizer in one batch per mode, each
+        distinct text once (a GRPO group repeats its prompt 8 times), and the batch call runs
+        without the GIL, so the model thread keeps dispatching ops meanwhile. A tokenizer that
+        fails on one text fails the whole call; the caller retries pair by pair to name it."""
+        rendered: dict[Any, list[str | int] | None] = {}
+        layouts = [self._layout(pair, rendered) for pair in pairs]
+        ids = self._encode_texts(layouts)
+        return [
+            self._fit(_with_ids(layout, ids), pair, truncation)
+            for layout, pair in zip(layouts, pairs, strict=True)
+        ]
 
-    def _pieces(self, pair: PairText) -> list[tuple[int, list[int]]]:
+    # -- layout: which texts, in which mode, in which order -------------------------------------
+
+    def _layout(self, pair: PairText, rendered: dict[Any, Any]) -> list[tuple[int, _Piece]]:
         if self.chat_template:
-            pieces = self._chat_pieces(pair)
-            if pieces is not None:
-                return pieces
-        return self._plain_pieces(pair)
+            layout = self._chat_layout(pair, rendered)
+            if layout is not None:
+                return layout
+        return self._plain_layout(pair)
 
-    def _chat_pieces(self, pair: PairText) -> list[tuple[int, list[int]]] | None:
+    def _chat_layout(
+        self, pair: PairText, rendered: dict[Any, Any]
+    ) -> list[tuple[int, _Piece]] | None:
         messages = _prompt_messages(pair)
         conversation = [*messages, {"role": "assistant", "content": pair.response}]
+        template = self._rendered_template(conversation, rendered)
+        if template is None:
+            return None
+        last = len(conversation) - 1
+        layout: list[tuple[int, _Piece]] = []
+        for part in template:
+            if isinstance(part, str):
+                layout.append((_TEMPLATE, part))
+            else:
+                content = str(conversation[part]["content"])
+                layout.append((_RESPONSE if part == last else _PROMPT, content))
+        return layout
+
+    def _rendered_template(
+        self, conversation: list[dict[str, Any]], rendered: dict[Any, Any]
+    ) -> list[str | int] | None:
+        """The template rendered around placeholders: template text (str) and message indices
+        (int), in order. With placeholders for every content, the rendering depends only on
+        the rest of the messages (roles...), so it is done once per shape within a call (not
+        across calls: a template may print today's date)."""
+        try:
+            shape: Any = tuple(
+                tuple(sorted((k, v) for k, v in m.items() if k != "content")) for m in conversation
+            )
+            hash(shape)
+        except TypeError:  # unhashable extra fields: render this one without the memo
+            shape = object()
+        if shape in rendered:
+            return rendered[shape]  # type: ignore[no-any-return]
         placeheld = [
             {**m, "content": f"\ue000{self._nonce}:{i}\ue001"} for i, m in enumerate(conversation)
         ]
-        rendered = self.tokenizer.apply_chat_template(placeheld, tokenize=False)
-        parts = self._placeholder_re.split(rendered)
+        text = self.tokenizer.apply_chat_template(placeheld, tokenize=False)
+        parts = self._placeholder_re.split(text)
         # split() alternates text, index, text, ...; every message must appear exactly once, in
         # order, or the template transforms content and placeholders cannot be trusted.
-        indices = [int(x) for x in parts[1::2]]
-        if indices != list(range(len(conversation))):
+        result: list[str | int] | None = None
+        if [int(x) for x in parts[1::2]] != list(range(len(conversation))):
             logger.warning("chat template rewrites message content; using the plain format")
-            return None
-        pieces: list[tuple[int, list[int]]] = []
-        last = len(conversation) - 1
-        for k, part in enumerate(parts):
-            if k % 2 == 0:
-                if part:
-                    pieces.append((_TEMPLATE, self._ids(part, user_text=False)))
-            else:
-                i = int(part)
-                kind = _RESPONSE if i == last else _PROMPT
-                pieces.append((kind, self._ids(str(conversation[i]["content"]), user_text=True)))
-        return pieces
+        else:
+            result = [int(part) if k % 2 else part for k, part in enumerate(parts) if part or k % 2]
+        rendered[shape] = result
+        return result
 
-    def _plain_pieces(self, pair: PairText) -> list[tuple[int, list[int]]]:
+    def _plain_layout(self, pair: PairText) -> list[tuple[int, _Piece]]:
         messages = pair.messages
         if messages is None:
             prompt_text = pair.prompt or ""
@@ -147,12 +185,43 @@ class PairEncoder:
         else:
             prompt_text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
         return [
-            (_TEMPLATE, list(self._plain_prefix)),
-            (_PROMPT, self._ids(prompt_text, user_text=True)),
-            (_TEMPLATE, list(self._plain_separator)),
-            (_RESPONSE, self._ids(pair.response, user_text=True)),
-            (_TEMPLATE, list(self._plain_suffix)),
+            (_TEMPLATE, self._plain_prefix),
+            (_PROMPT, prompt_text),
+            (_TEMPLATE, self._plain_separator),
+            (_RESPONSE, pair.response),
+            (_TEMPLATE, self._plain_suffix),
         ]
+
+    # -- tokenizing ---------------------------------------------------------------------------
+
+    def _encode_texts(
+        self, layouts: list[list[tuple[int, _Piece]]]
+    ) -> dict[tuple[bool, str], list[int]]:
+        """(is user text, text) -> ids for every text piece of the layouts, each distinct
+        text tokenized once."""
+        wanted: dict[bool, dict[str, None]] = {False: {}, True: {}}
+        for layout in layouts:
+            for kind, piece in layout:
+                if isinstance(piece, str):
+                    wanted[kind != _TEMPLATE][piece] = None
+        out: dict[tuple[bool, str], list[int]] = {}
+        for user_text, texts in wanted.items():
+            for text, ids in zip(
+                texts, self._ids_many(list(texts), user_text=user_text), strict=True
+            ):
+                out[user_text, text] = ids
+        return out
+
+    def _ids_many(self, texts: list[str], *, user_text: bool) -> list[list[int]]:
+        backend = self._user_backend if user_text else self._template_backend
+        if backend is not None:
+            non_empty = [t for t in texts if t]
+            batch = (
+                backend.encode_batch_fast(non_empty, add_special_tokens=False) if non_empty else []
+            )
+            encoded = iter(batch)
+            return [list(next(encoded).ids) if t else [] for t in texts]
+        return [self._ids(t, user_text=user_text) for t in texts]
 
     def _ids(self, text: str, *, user_text: bool, add_special_tokens: bool = False) -> list[int]:
         if not text:
@@ -214,6 +283,12 @@ class PairEncoder:
         return EncodedPair(_concat(pieces), True, response_tokens)
 
 
+def set_tokenizer_parallelism(enabled: bool) -> None:
+    """Whether batch encoding runs on the tokenizers library's own thread pool. The library
+    reads this switch from the environment at every batch call and offers no other API."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+
+
 def _private_copy(backend: Any, *, encode_special_tokens: bool) -> Any:
     from tokenizers import Tokenizer
 
@@ -222,6 +297,15 @@ def _private_copy(backend: Any, *, encode_special_tokens: bool) -> Any:
     copy.no_padding()
     copy.encode_special_tokens = encode_special_tokens
     return copy
+
+
+def _with_ids(
+    layout: list[tuple[int, _Piece]], ids: dict[tuple[bool, str], list[int]]
+) -> list[tuple[int, list[int]]]:
+    return [
+        (kind, list(piece) if isinstance(piece, tuple) else ids[kind != _TEMPLATE, piece])
+        for kind, piece in layout
+    ]
 
 
 def _prompt_messages(pair: PairText) -> list[dict[str, Any]]:

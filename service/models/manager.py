@@ -24,6 +24,7 @@ from service.errors import Conflict, InvalidInput, ServiceError
 from service.models.encoding import PairEncoder, PairText
 from service.models.locations import validate_location
 from service.models.registry import ModelRegistry, ServedModel
+from service.models.torch_threads import run_on_own_thread
 from service.scoring.scorer import Scorer
 from service.store.base import ReferenceStore
 
@@ -92,7 +93,9 @@ class ModelManager:
         resolved = validate_location(location, self.settings)
         async with self._one_swap():
             try:
-                model = await asyncio.to_thread(self.loader, self.settings, name, resolved)
+                # Not asyncio.to_thread: see torch_threads (a pooled thread that ran torch
+                # slows every forward after it).
+                model = await run_on_own_thread(self.loader, self.settings, name, resolved)
             except ServiceError as exc:
                 self.last_error = exc.message
                 raise
@@ -180,7 +183,7 @@ class ModelManager:
     async def _check(self, model: ServedModel) -> None:
         """Finite rewards, and batch invariance on the golden pairs, through the real batcher
         (the model is not visible to requests yet)."""
-        encoded = model.encoder.encode_many(GOLDEN)
+        encoded = await asyncio.to_thread(model.encoder.encode_many, GOLDEN)  # not on the loop
         ids = [e.input_ids for e in encoded]
         deadline = time.monotonic() + 120
         try:

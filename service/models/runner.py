@@ -20,12 +20,6 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def set_torch_threads(num_threads: int) -> None:
-    """Size torch's intra-op thread pool. Call it from the model thread: the OpenMP part of the
-    setting belongs to the calling thread, and nothing else in the service changes it."""
-    torch.set_num_threads(num_threads)
-
-
 @dataclass(frozen=True)
 class RewardHead:
     """One scalar output: `reward = hidden_last @ weight + bias`, computed in float32.

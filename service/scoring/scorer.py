@@ -548,16 +548,22 @@ class Scorer:
 def _encode_pairs(
     encoder: PairEncoder, pairs: list[PairText], truncation: str
 ) -> list[EncodedPair]:
-    """Encode on a tokenizer thread, one pair at a time so a failure names its pair. A Rust
-    tokenizer that panics raises pyo3's PanicException, a BaseException: it would slip past
-    every `except Exception` up to the server (a bare 500, a log of Rust frames). Here it
-    becomes a typed 422 for this request; the pool thread and the tokenizer serve the next."""
-    out: list[EncodedPair] = []
+    """Encode on a tokenizer thread, all pairs in one call. A Rust tokenizer that panics
+    raises pyo3's PanicException, a BaseException: it would slip past every `except Exception`
+    up to the server (a bare 500, a log of Rust frames). Here it becomes a typed 422 naming
+    the pair (found by encoding pair by pair); the pool thread and the tokenizer serve the
+    next request."""
+    try:
+        return encoder.encode_many(pairs, truncation=truncation)  # type: ignore[arg-type]
+    except (Exception, KeyboardInterrupt, SystemExit):
+        raise  # ServiceErrors (over-long pairs) and ordinary bugs go their usual ways
+    except BaseException:
+        pass
     for pair in pairs:
         try:
-            out.extend(encoder.encode_many([pair], truncation=truncation))  # type: ignore[arg-type]
+            encoder.encode_many([pair], truncation=truncation)  # type: ignore[arg-type]
         except (Exception, KeyboardInterrupt, SystemExit):
-            raise  # ServiceErrors (over-long pairs) and ordinary bugs go their usual ways
+            raise
         except BaseException as exc:
             logger.error("tokenizer panicked on %s: %s", pair.param, type(exc).__name__)
             raise TokenizerFailed(
@@ -565,7 +571,10 @@ def _encode_pairs(
                 "cannot be encoded by this model's tokenizer, change or drop it",
                 param=pair.param,
             ) from exc
-    return out
+    raise TokenizerFailed(  # failed together, never alone: no pair to blame
+        "the tokenizer failed on this request's texts together; send the items in smaller requests",
+        param="items",
+    )
 
 
 def _newly_stored(

@@ -43,8 +43,10 @@ class FakeLoader:
         self.gate = threading.Event()
         self.gate.set()
         self.loads = 0
+        self.threads: list[threading.Thread] = []
 
     def __call__(self, settings: Settings, name: str, location: str) -> ServedModel:
+        self.threads.append(threading.current_thread())
         config = json.loads((Path(location) / "config.json").read_text())
         self.gate.wait(10)
         self.loads += 1
@@ -155,6 +157,18 @@ def test_load_activates_and_rollback_returns(admin) -> None:
     r = client.post("/v1/admin/models/rollback", headers=AUTH)
     assert r.status_code == 200, r.text
     assert score(client)["model_version"] == "v-a"
+
+
+def test_a_load_runs_on_a_thread_of_its_own_that_ends(admin) -> None:
+    """Torch work off the model thread must not run on a pooled thread: OpenMP would keep a
+    worker pool for it for good and slow every forward (service/models/torch_threads.py)."""
+    client, _, loader = admin
+    r = client.post("/v1/admin/models", json={"name": "default", "path": "b"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    [thread] = loader.threads
+    assert thread.name.startswith("torch-") and thread is not threading.main_thread()
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_same_version_again_is_a_no_op(admin) -> None:

@@ -148,6 +148,13 @@ def test_cpu_overlay_runs_on_cpu_and_scales_on_cpu() -> None:
     config = resources[("ConfigMap", container["envFrom"][0]["configMapRef"]["name"])]
     assert config["data"]["PAR_DEVICE"] == "cpu"
     assert config["data"]["PAR_MODEL"] == "/models/reward-model"  # merged, not replaced
+    # torch would size its pool by the node's cores: the thread count is the CPU limit.
+    limit = container["resources"]["limits"]["cpu"]
+    assert (
+        int(config["data"]["PAR_TORCH_THREADS"])
+        == int(limit)
+        == int(container["resources"]["requests"]["cpu"])
+    )
     (metric,) = resources[("HorizontalPodAutoscaler", "par-reward")]["spec"]["metrics"]
     assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
 

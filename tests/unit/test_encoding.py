@@ -91,3 +91,68 @@ def test_concurrent_encoding_equals_serial(tokenizer: Any) -> None:
     for _ in range(3):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             assert list(pool.map(one, pairs)) == serial
+
+
+def _mixed_pairs(tokenizer: Any) -> list[PairText]:
+    eos = tokenizer.eos_token
+    long_prompt = " ".join(f"w{i}" for i in range(80))
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]
+    pairs = [PairText(prompt="Name a fruit.", response=f"Fruit {i} {eos}") for i in range(8)]
+    pairs += [PairText(messages=system, response=r) for r in ("Because.", "", "Because.")]
+    pairs += [PairText(prompt=long_prompt, response="the end"), PairText(prompt="", response="x")]
+    pairs += [PairText(messages=[{"role": "user", "content": "Name a fruit."}], response="Fig")]
+    return pairs
+
+
+@pytest.mark.parametrize("template", ["chat", "plain"])
+def test_a_batch_encodes_exactly_like_pairs_one_by_one(tokenizer: Any, template: str) -> None:
+    """Batching (one tokenizer call per mode, each distinct text once, the template rendered
+    once per conversation shape) must not change a single id, truncation flag or length."""
+    tok = copy.deepcopy(tokenizer)
+    if template == "plain":
+        tok.chat_template = None
+    encoder = PairEncoder(tok, max_tokens=48)
+    pairs = _mixed_pairs(tok)
+    together = encoder.encode_many(pairs)
+    alone = [encoder.encode_many([pair])[0] for pair in pairs]
+    assert together == alone
+    assert any(e.truncated for e in together) and not all(e.truncated for e in together)
+
+
+class CountingBackend:
+    """Wraps a Rust tokenizer backend and records every text it is asked to encode."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def encode(self, text: str, **kw: Any) -> Any:
+        self.texts.append(text)
+        return self.inner.encode(text, **kw)
+
+    def encode_batch_fast(self, texts: list[str], **kw: Any) -> Any:
+        self.texts.extend(texts)
+        return self.inner.encode_batch_fast(texts, **kw)
+
+
+def test_a_group_tokenizes_its_prompt_once_and_renders_the_template_once(
+    tokenizer: Any,
+) -> None:
+    tok = copy.deepcopy(tokenizer)
+    renders: list[int] = []
+    original = tok.apply_chat_template
+
+    def counting_render(conversation: Any, **kw: Any) -> Any:
+        renders.append(len(conversation))
+        return original(conversation, **kw)
+
+    tok.apply_chat_template = counting_render
+    encoder = PairEncoder(tok, max_tokens=512)
+    user = encoder._user_backend = CountingBackend(encoder._user_backend)
+    prompt = "Explain the rule of thirds in two sentences."
+    responses = [f"answer number {i}" for i in range(8)]
+    encoded = encoder.encode_many([PairText(prompt=prompt, response=r) for r in responses])
+    assert user.texts.count(prompt) == 1
+    assert sorted(t for t in user.texts if t != prompt) == sorted(responses)
+    assert renders == [2]  # one user turn + the assistant turn, rendered once for all 8
+    assert len({tuple(e.input_ids) for e in encoded}) == 8
