@@ -34,22 +34,29 @@ class Services:
     recorder: Recorder | None = None  # None when metrics are disabled
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are `async def` although they only read attributes: FastAPI runs a plain
+# `def` dependency on its thread pool, a thread hop (and a GIL hand-off the model thread
+# waits on) for every request.
+def _services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def get_services(request: Request) -> Services:
+    return _services(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_scorer(request: Request) -> Scorer:
-    return get_services(request).scorer
+async def get_scorer(request: Request) -> Scorer:
+    return _services(request).scorer
 
 
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 
 
-def get_recorder(request: Request) -> Recorder:
-    recorder = get_services(request).recorder
+async def get_recorder(request: Request) -> Recorder:
+    recorder = _services(request).recorder
     if recorder is None:
         raise NotFound("metrics and dashboards are disabled; set PAR_METRICS_ENABLED=1")
     return recorder

@@ -41,11 +41,22 @@ class BatchReport:
 
 
 @dataclass(eq=False)
+class _Request:
+    """One `submit` call. Its rewards fill in on its event loop as batches finish, and one
+    future answers the whole call (not one per item: a 64-pair request would cost the loop 64
+    futures and a gather). Touched on its loop only."""
+
+    future: asyncio.Future[list[float]]
+    rewards: list[float]
+    remaining: int
+
+
+@dataclass(eq=False)
 class _Item:
     runner: Runner
     input_ids: Sequence[int]
-    future: asyncio.Future[float]
-    loop: asyncio.AbstractEventLoop
+    request: _Request
+    index: int  # position in the request's sequences
     deadline: float
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -54,9 +65,10 @@ class _Item:
         return len(self.input_ids)
 
     def abandoned(self) -> bool:
-        # Reading done() from another thread is a benign race: at worst one batch runs an
-        # item that was cancelled a moment ago, and its result is dropped on the loop.
-        return self.future.done()
+        """The request was cancelled, timed out or already failed. Reading done() from
+        another thread is a benign race: at worst one batch runs an item whose request ended
+        a moment ago, and its result is dropped on the loop."""
+        return self.request.future.done()
 
 
 def plan_batches(
@@ -130,8 +142,11 @@ class MicroBatcher:
         client gone, a deadline) cancels the items, and the model thread skips them."""
         if not sequences:
             return []
-        loop = asyncio.get_running_loop()
-        items = [_Item(runner, ids, loop.create_future(), loop, deadline) for ids in sequences]
+        future = asyncio.get_running_loop().create_future()
+        request = _Request(future, [0.0] * len(sequences), len(sequences))
+        items = [
+            _Item(runner, ids, request, index, deadline) for index, ids in enumerate(sequences)
+        ]
         with self._cond:
             if self._stopping:
                 raise NotReady("the service is shutting down; retry on another replica")
@@ -147,13 +162,12 @@ class MicroBatcher:
             self._pending_tokens += sum(it.length for it in items)
             self._cond.notify()
         try:
-            return list(await asyncio.gather(*(it.future for it in items)))
+            return await request.future
         finally:
-            for it in items:
-                it.future.cancel()  # no-op for the answered ones
-            abandoned = [it for it in items if it.future.cancelled()]
-            if abandoned:
-                self._drop_pending(abandoned)
+            request.future.cancel()  # a no-op when answered
+            # Cancelled, timed out or failed on one item: the rest need not run.
+            if request.future.cancelled() or request.future.exception() is not None:
+                self._drop_pending(items)
 
     def _drop_pending(self, items: list[_Item]) -> None:
         """Take a gone request's items out of the queue now (a client left, a deadline passed),
@@ -301,7 +315,7 @@ def _settle_all(outcomes: list[tuple[_Item, float | None, BaseException | None]]
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, float | None, BaseException | None]]]
     by_loop = {}
     for outcome in outcomes:
-        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        by_loop.setdefault(outcome[0].request.future.get_loop(), []).append(outcome)
     for loop, group in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
             loop.call_soon_threadsafe(_settle_on_loop, group)
@@ -309,9 +323,13 @@ def _settle_all(outcomes: list[tuple[_Item, float | None, BaseException | None]]
 
 def _settle_on_loop(group: list[tuple[_Item, float | None, BaseException | None]]) -> None:
     for item, value, exc in group:
-        if item.future.done():  # cancelled meanwhile
+        request = item.request
+        if request.future.done():  # cancelled meanwhile, or failed on another item
             continue
         if exc is not None:
-            item.future.set_exception(exc)
-        else:
-            item.future.set_result(value)  # type: ignore[arg-type]
+            request.future.set_exception(exc)
+            continue
+        request.rewards[item.index] = value  # type: ignore[assignment]
+        request.remaining -= 1
+        if request.remaining == 0:
+            request.future.set_result(request.rewards)

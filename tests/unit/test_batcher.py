@@ -190,14 +190,15 @@ async def test_a_failing_forward_fails_its_batch_and_the_thread_lives_on() -> No
 
 
 def test_plan_never_mixes_runners() -> None:
-    from service.batching.batcher import _Item
+    from service.batching.batcher import _Item, _Request
 
     loop = asyncio.new_event_loop()
     try:
         a, b = FakeRunner(), FakeRunner()
+        request = _Request(loop.create_future(), [0.0] * 5, 5)
         items = [
-            _Item(runner, [1] * n, loop.create_future(), loop, far())
-            for runner, n in [(a, 3), (b, 3), (a, 4), (b, 2), (a, 1)]
+            _Item(runner, [1] * n, request, index, far())
+            for index, (runner, n) in enumerate([(a, 3), (b, 3), (a, 4), (b, 2), (a, 1)])
         ]
         batches = plan_batches(items, token_budget=1000, max_batch_size=10)
         assert len(batches) == 2
