@@ -28,10 +28,21 @@ def main() -> None:
     parser.add_argument(
         "--seconds-per-token", type=float, default=0.0, help="fake forward time per padded token"
     )
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument(
+        "--zero-reward",
+        action="store_true",
+        help="reward 0 for every pair instead of a checksum (a model that costs nothing, for "
+        "measuring the service's own overhead)",
+    )
     args = parser.parse_args()
     settings = Settings(port=args.port)
     logging.basicConfig(level=settings.log_level.upper())
-    runner = FakeRunner(seconds_per_token=args.seconds_per_token)
+    runner = (
+        FakeRunner(reward_fn=lambda ids: 0.0)
+        if args.zero_reward
+        else FakeRunner(seconds_per_token=args.seconds_per_token)
+    )
     # The fake runner records every batch for tests to inspect; a process that runs for
     # minutes (the soak) keeps the latest few only, or the record itself would be the leak.
     runner.batches = deque(maxlen=8)  # type: ignore[assignment]
@@ -39,7 +50,9 @@ def main() -> None:
         name="default",
         version="fake-default",
         runner=runner,
-        encoder=PairEncoder(AutoTokenizer.from_pretrained(args.tokenizer), max_tokens=MAX_TOKENS),
+        encoder=PairEncoder(
+            AutoTokenizer.from_pretrained(args.tokenizer), max_tokens=args.max_tokens
+        ),
         info={"kind": "fake"},
     )
     serve(create_app(settings, models=[model]), settings)
