@@ -21,6 +21,13 @@ held steady, so each kind of request has one right outcome per phase:
 Every response comes within the budget; afterwards the service recovers without a restart.
 Stateful rewards are checked against statistics the test keeps itself from the batches that
 got a 200, so a merge applied late (after its request was answered 503) would show.
+
+Timing is chosen so that a slow CI machine cannot change the right answer: the in-process
+service shares one GIL with seven load threads, so its event loop may run hundreds of ms late.
+Hence: the default store timeout (1 s) against a 100 ms slowdown (a wide margin for a late loop); load
+threads that are all running before a phase's clock starts; and faults that end by themselves
+(CLIENT PAUSE, a stalling script) held for the phase plus the whole budget, so that every
+request sent during the phase is answered while the fault still holds.
 """
 
 from __future__ import annotations
@@ -47,9 +54,10 @@ from tests.redis.server import RedisServer
 
 pytestmark = pytest.mark.redis
 
-TIMEOUT_S = 0.5
+TIMEOUT_S = 1.0
 BUDGET_S = 8 * TIMEOUT_S  # a few store calls per request, each at most ~2 x TIMEOUT_S
 PHASE_S = 1.2
+FAULT_HELD_S = PHASE_S + BUDGET_S  # for faults that end by themselves, see the docstring
 SETTINGS = {
     "redis_prefix": "faults",
     "redis_timeout_s": TIMEOUT_S,
@@ -189,16 +197,32 @@ class Load:
 
     KINDS = ("vanilla", "inline", "seen", "unseen", "stateful", "registration", "readyz")
 
-    def phase(self, *, up: bool, seconds: float = PHASE_S) -> list[Outcome]:
+    def phase(
+        self, *, up: bool, seconds: float = PHASE_S, until: float | None = None
+    ) -> list[Outcome]:
+        """Every kind in a loop of its own for `seconds` (ending no later than `until`, a
+        monotonic time), counted from when all threads are running: a thread that starts
+        late on a busy machine still gets its turn."""
         outcomes: list[Outcome] = []
-        stop = time.monotonic() + seconds
+        stop = 0.0
+
+        def start_clock() -> None:
+            nonlocal stop
+            stop = time.monotonic() + seconds
+            if until is not None:
+                stop = min(stop, until)
+
+        ready = threading.Barrier(len(self.KINDS), action=start_clock)
 
         def loop(kind: str) -> None:
             call: Callable[[bool], tuple[Any, str | None]] = getattr(self, kind)
-            while time.monotonic() < stop:
+            ready.wait()
+            while True:
                 started = time.monotonic()
                 r, problem = call(up)
                 outcomes.append(Outcome(kind, r.status_code, time.monotonic() - started, problem))
+                if time.monotonic() >= stop:
+                    break
 
         threads = [threading.Thread(target=loop, args=(kind,)) for kind in self.KINDS]
         for t in threads:
@@ -323,11 +347,13 @@ def test_redis_client_pause_under_load(replicas, server, tokenizer) -> None:
     a, _ = replicas
     load = Load(a, Expected(tokenizer))
     assert_phase(load.phase(up=True), "before")
-    pause_s = PHASE_S + 0.4  # it cannot be lifted early: CLIENT UNPAUSE would be held too
+    # It cannot be lifted early (CLIENT UNPAUSE would be held too), so it is held long enough
+    # for every request of the phase to be answered while it holds.
     with redis.Redis.from_url(server.url) as admin:
-        admin.execute_command("CLIENT", "PAUSE", int(pause_s * 1000), "ALL")
-    paused_until = time.monotonic() + pause_s
-    assert_phase(load.phase(up=False), "client pause")
+        paused_at = time.monotonic()
+        admin.execute_command("CLIENT", "PAUSE", int(FAULT_HELD_S * 1000), "ALL")
+    paused_until = paused_at + FAULT_HELD_S
+    assert_phase(load.phase(up=False, until=paused_at + PHASE_S), "client pause")
     time.sleep(max(0.0, paused_until - time.monotonic()))
     wait_recovered(a)
     assert_phase(load.phase(up=True), "after unpause")
@@ -340,34 +366,51 @@ def test_redis_slowed_by_busy_scripts(replicas, server, tokenizer) -> None:
     and recovery follows."""
     a, _ = replicas
     load = Load(a, Expected(tokenizer))
+    spin = ("local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; "
+            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])")  # fmt: skip
 
-    def hog(spin_ms: float, until: float) -> None:
-        client = redis.Redis.from_url(server.url, socket_timeout=10)
-        spin = ("local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; "
-                "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])")  # fmt: skip
-        try:
-            while time.monotonic() < until:
-                client.eval(spin, 0, int(spin_ms * 1000))
+    def hog(spin_s: float, until: float) -> None:
+        with redis.Redis.from_url(server.url, socket_timeout=FAULT_HELD_S + 10) as client:
+            while True:
+                client.eval(spin, 0, int(spin_s * 1e6))
+                if time.monotonic() >= until:
+                    break
                 time.sleep(0.002)
-        finally:
-            client.close()
 
-    slow = threading.Thread(target=hog, args=(TIMEOUT_S * 1000 / 5, time.monotonic() + PHASE_S))
+    slow = threading.Thread(target=hog, args=(TIMEOUT_S / 10, time.monotonic() + PHASE_S))
     slow.start()
     outcomes = load.phase(up=True)
     slow.join()
     assert_phase(outcomes, "slowed under the timeout")
 
-    stalled = threading.Thread(target=hog, args=(TIMEOUT_S * 4000, time.monotonic() + PHASE_S))
+    # One script holds Redis for the phase and the whole budget (see the module docstring).
+    # Redis answers BUSY to everyone once a script runs past lua-time-limit: raise it, so that
+    # the others wait, as they do behind a slow command.
+    with redis.Redis.from_url(server.url) as admin:
+        admin.config_set("lua-time-limit", int((FAULT_HELD_S + 10) * 1000))
+    stalled = threading.Thread(target=hog, args=(FAULT_HELD_S, 0.0))
     stalled.start()
-    time.sleep(0.1)
+    stalled_at = wait_stalled(server.url)
     try:
-        assert_phase(load.phase(up=False, seconds=PHASE_S - 0.2), "stalled past the timeout")
+        assert_phase(load.phase(up=False, until=stalled_at + PHASE_S), "stalled past the timeout")
     finally:
         stalled.join()
     wait_recovered(a)
     assert_phase(load.phase(up=True), "after")
     assert_stats_consistent(a, load)
+
+
+def wait_stalled(url: str) -> float:
+    """Until Redis stops answering (a script has begun); returns the time it was seen."""
+    deadline = time.monotonic() + 10
+    with redis.Redis.from_url(url, socket_timeout=0.2) as probe:
+        while True:
+            try:
+                probe.ping()
+            except redis.TimeoutError:
+                return time.monotonic() - 0.2
+            assert time.monotonic() < deadline, "the stalling script never started"
+            time.sleep(0.01)
 
 
 def assert_stats_consistent(client: TestClient, load: Load) -> None:

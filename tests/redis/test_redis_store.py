@@ -333,7 +333,9 @@ async def test_store_unavailable_when_server_hangs(own_server: RedisServer) -> N
                 start = time.monotonic()
                 with pytest.raises(StoreUnavailable, match="timed out") as info:
                     await op()
-                assert time.monotonic() - start < 2.0
+                # Bounded by the timeout, not hanging: a call that waited for an answer would
+                # wait until the resume below. Loose, for a busy CI machine.
+                assert time.monotonic() - start < 5.0
                 assert_clean_message(info.value, own_server)
         finally:
             own_server.resume()

@@ -39,7 +39,8 @@ async def test_the_breaker_opens_fails_fast_and_recovers_without_a_restart(
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="not trying again") as info:
             await store.ping()
-        assert time.monotonic() - started < 0.05  # no round trip at all
+        # No round trip at all: one to the paused server would wait out the 0.3 s timeout.
+        assert time.monotonic() - started < 0.25
         assert 1 <= int(info.value.headers()["Retry-After"]) <= 1
         await asyncio.sleep(0.5)
         assert store.state()["breaker"] == "half_open"
