@@ -11,6 +11,9 @@ For each model (the demo RM and a ~40M-parameter Llama-style RM built from a con
 4. service, raw, on a second process with metrics off (what recording costs).
 The four run in interleaved rounds (5 on the demo RM, 3 on the 40M one) and medians are
 reported, because this shared machine drifts by 10-30% between runs a few seconds apart.
+Every phase also records the host's CPU steal (time the hypervisor gave our vCPUs to someone
+else, from /proc/stat): with steal in the tens of percent the ratios measure the host, not the
+service, and the summary says so.
 Prints pairs/s and the ratios, and writes bench/results.json.
 """
 
@@ -23,6 +26,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,26 @@ from tests.e2e.service_process import ServiceProcess
 
 CLIENTS = 4
 BATCH_PROMPTS = 8  # x 8 responses = 64 pairs per request
+STEAL_WARNING = 0.05  # median steal above this: the numbers are not the service's
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(steal, total) ticks of all CPUs since boot, from /proc/stat; (0, 0) where absent."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return 0, 0
+    values = [int(x) for x in fields]  # user nice system idle iowait irq softirq steal
+    return (values[7] if len(values) > 7 else 0), sum(values)
+
+
+def with_steal(measure_once: Callable[[], float]) -> tuple[float, float]:
+    """The measurement, and the fraction of host CPU time stolen while it ran."""
+    steal_before, total_before = host_cpu_ticks()
+    value = measure_once()
+    steal_after, total_after = host_cpu_ticks()
+    total = total_after - total_before
+    return value, (steal_after - steal_before) / total if total > 0 else 0.0
 
 
 def models(cache_dir: Path) -> dict[str, Path]:
@@ -155,20 +179,31 @@ def measure(
     recorded = start_service(model_dir, best, metrics=True)
     unrecorded = start_service(model_dir, best, metrics=False)
     runs: dict[str, list[float]] = {"ceiling": [], "raw": [], "raw_no_metrics": [], "par": []}
+    steal: dict[str, list[float]] = {k: [] for k in runs}
     try:
         warm = groups[:BATCH_PROMPTS]
         for proc in (recorded, unrecorded):
             service_pairs_per_s(proc.url, warm, {"method": "vanilla"})
         register_references(recorded.url, groups)
         service_pairs_per_s(recorded.url, warm, {"method": "par"})
+        phases: dict[str, Callable[[], float]] = {
+            "ceiling": lambda: ceiling_pairs_per_s(model, sequences, best),
+            "raw": lambda: service_pairs_per_s(recorded.url, groups, {"method": "vanilla"}),
+            "raw_no_metrics": lambda: service_pairs_per_s(
+                unrecorded.url, groups, {"method": "vanilla"}
+            ),
+            "par": lambda: service_pairs_per_s(recorded.url, groups, {"method": "par"}),
+        }
         for _ in range(rounds):
-            runs["ceiling"].append(ceiling_pairs_per_s(model, sequences, best))
-            runs["raw"].append(service_pairs_per_s(recorded.url, groups, {"method": "vanilla"}))
-            runs["raw_no_metrics"].append(
-                service_pairs_per_s(unrecorded.url, groups, {"method": "vanilla"})
+            for name, phase in phases.items():
+                value, stolen = with_steal(phase)
+                runs[name].append(value)
+                steal[name].append(stolen)
+            print(
+                f"  round: { {k: round(v[-1], 2) for k, v in runs.items()} } "
+                f"steal { {k: f'{v[-1]:.0%}' for k, v in steal.items()} }",
+                file=sys.stderr,
             )
-            runs["par"].append(service_pairs_per_s(recorded.url, groups, {"method": "par"}))
-            print(f"  round: { {k: round(v[-1], 2) for k, v in runs.items()} }", file=sys.stderr)
     finally:
         recorded.stop()
         unrecorded.stop()
@@ -187,6 +222,8 @@ def measure(
             r / c for r, c in zip(runs["raw"], runs["ceiling"], strict=True)
         ],
         "par_over_raw": median["par"] / median["raw"],
+        "host_steal_by_round": steal,
+        "host_steal_median": statistics.median(x for v in steal.values() for x in v),
     }
 
 
@@ -254,6 +291,16 @@ def main() -> None:
             f"{r['service_par_pairs_per_s']:>9.1f} "
             f"{r['service_raw_no_metrics_pairs_per_s']:>9.1f} {r['service_over_ceiling']:>9.2f} "
             f"{r['par_over_raw']:>8.2f} {r['metrics_cost']:>9.1%}"
+        )
+        stolen = r["host_steal_median"]
+        print(
+            f"{'':<10} host CPU steal during the rounds: median {stolen:.0%}"
+            + (
+                " -- over 5%: the hypervisor took CPU, these ratios measure the host as much "
+                "as the service"
+                if stolen > STEAL_WARNING
+                else ""
+            )
         )
         if "no_op_model" in r:
             no_op = r["no_op_model"]
