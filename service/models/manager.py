@@ -183,7 +183,7 @@ class ModelManager:
     async def _check(self, model: ServedModel) -> None:
         """Finite rewards, and batch invariance on the golden pairs, through the real batcher
         (the model is not visible to requests yet)."""
-        encoded = await asyncio.to_thread(model.encoder.encode_many, GOLDEN)  # not on the loop
+        encoded = await self.scorer.encode(model, GOLDEN, truncation="left")
         ids = [e.input_ids for e in encoded]
         deadline = time.monotonic() + 120
         try:

@@ -186,7 +186,7 @@ class Scorer:
             ref_pairs = [
                 refs.prompt.pair(text, f"items[{i}].references") for (i, refs, text) in ref_jobs
             ]
-            encoded = await self._encode(model, unique_texts + ref_pairs, truncation)
+            encoded = await self.encode(model, unique_texts + ref_pairs, truncation)
             rewards = await self._forward(model, encoded, deadline)
             policy_enc, ref_enc = encoded[: len(unique)], encoded[len(unique) :]
             policy_rewards, ref_rewards = rewards[: len(unique)], rewards[len(unique) :]
@@ -331,7 +331,7 @@ class Scorer:
         """Score (prompt, reference text) jobs and keep the scores under the model version.
         Returns the new scores and the tokens read."""
         pairs = [prompt.pair(text, param) for prompt, text, param in jobs]
-        encoded = await self._encode(model, pairs, self.settings.truncation)
+        encoded = await self.encode(model, pairs, self.settings.truncation)
         rewards = await self._forward(model, encoded, deadline)
         new_scores: dict[str, dict[str, ReferenceScore]] = {}
         for (prompt, text, _), enc, reward in zip(jobs, encoded, rewards, strict=True):
@@ -429,9 +429,10 @@ class Scorer:
                 if rid not in refs.texts and rid in texts.get(refs.prompt.key, {}):
                     refs.texts[rid] = texts[refs.prompt.key][rid]
 
-    async def _encode(
+    async def encode(
         self, model: ServedModel, pairs: list[PairText], truncation: str
     ) -> list[EncodedPair]:
+        """Tokenize pairs for `model` (also the hot-swap check's golden pairs)."""
         if not pairs:
             return []
         loop = asyncio.get_running_loop()
